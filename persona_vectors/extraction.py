@@ -120,7 +120,8 @@ def activation_means(model, # plain or PEFT-wrapped causal LM
         idx = order[start:start + batch_size]
         batch = padded_batch([seqs[i][0] for i in idx], pad_id, device)
         ids, am = batch["input_ids"], batch["attention_mask"]
-        o = model(**batch, output_hidden_states=True)
+        # logits only where they are used: the response log-probs, else the last position (the forward needs one)
+        o = model(**batch, output_hidden_states=True, **({} if logprob else dict(logits_to_keep=1)))
         T = ids.shape[1]
         lens = am.sum(-1)
         P = torch.tensor([seqs[i][1] for i in idx], device=device)
@@ -130,10 +131,10 @@ def activation_means(model, # plain or PEFT-wrapped causal LM
         resp = col >= first + P[:, None]
         last = (col == first + P[:, None] - 1)
         masks = {"response_avg": resp, "prompt_avg": prompt, "prompt_last": last}
-        hs = up(torch.stack([o.hidden_states[l] for l in layers], 1))  # [B, layers, T, H]
-        for v, mk in masks.items():
-            w = mk.to(hs.dtype) / mk.sum(-1, keepdim=True)
-            out[v][idx] = torch.einsum("blth,bt->blh", hs, w).to(dtype).cpu()
+        for j, l in enumerate(layers):  # one layer at a time: no [B, L+1, T, H] copy of the hidden states
+            h = up(o.hidden_states[l])
+            for v, mk in masks.items():
+                out[v][idx, j] = torch.einsum("bth,bt->bh", h, mk.to(h.dtype) / mk.sum(-1, keepdim=True)).to(dtype).cpu()
         if logprob:
             lg = up(o.logits[:, :-1])
             lp = torch.log_softmax(lg, -1).gather(-1, ids[:, 1:, None])[..., 0]
