@@ -14,8 +14,9 @@ from .records import read_json, atomic_write, RecordLog
 from .steering import summary_row, sweep_table, write_table, plot_sweep, save_figure, METRICS, EVAL_KEY
 
 # %% auto #0
-__all__ = ['DISTILL_COLS', 'RunView', 'steering_rows', 'coefficient_table', 'layer_table', 'baselines_table',
-           'distillation_table', 'counts_table', 'plot_distillation', 'plot_counts', 'plot_scatter', 'write_report']
+__all__ = ['DISTILL_COLS', 'DEMO_FILES', 'RunView', 'steering_rows', 'coefficient_table', 'layer_table', 'baselines_table',
+           'distillation_table', 'counts_table', 'plot_distillation', 'plot_counts', 'plot_scatter', 'write_report',
+           'headline', 'refresh_demo_run']
 
 # %% ../nbs/07_analysis.ipynb #a5bd4cb0
 class RunView:
@@ -36,7 +37,7 @@ class RunView:
         sc = {tuple(json.dumps(r[k]) for k in EVAL_KEY): r for r in RecordLog(d/"scores.jsonl", EVAL_KEY)} if (d/"scores.jsonl").exists() else {}
         return [{**r, **sc.get(tuple(json.dumps(r[k]) for k in EVAL_KEY), {})} for r in ans]
 
-# %% ../nbs/07_analysis.ipynb #65aa1f41
+# %% ../nbs/07_analysis.ipynb #f239738e
 def steering_rows(run: RunView) -> pd.DataFrame:
     "One row per steering evaluation stage (alpha 0 for the unsteered base)."
     rows = []
@@ -45,6 +46,7 @@ def steering_rows(run: RunView) -> pd.DataFrame:
         rows.append(summary_row(e["summary"], stage=name, layer=layer, alpha=alpha))
     return pd.DataFrame(rows)
 
+# %% ../nbs/07_analysis.ipynb #94a5fcca
 def coefficient_table(run: RunView) -> pd.DataFrame:
     "The coefficient sweep: alpha at the study's layer, the unsteered base as alpha 0."
     df = steering_rows(run)
@@ -52,12 +54,14 @@ def coefficient_table(run: RunView) -> pd.DataFrame:
     L = run.config["steering"]["layer"]
     return df[(df.layer == L) | (df.alpha == 0)].assign(layer=L).sort_values("alpha").reset_index(drop=True)
 
+# %% ../nbs/07_analysis.ipynb #5e3b783b
 def layer_table(run: RunView) -> pd.DataFrame:
     "The layer sweep: each layer at the study's alpha."
     df = steering_rows(run)
     if df.empty: return df
     return df[df.alpha == run.config["steering"]["alpha"]].sort_values("layer").reset_index(drop=True)
 
+# %% ../nbs/07_analysis.ipynb #1a890814
 def baselines_table(run: RunView) -> pd.DataFrame:
     "The unsteered evaluation of every baseline model, and of the study model."
     rows = [summary_row(e["summary"], model=e["summary"].get("model", k.split("/", 1)[1])) for k, e in run.done("baselines/").items()]
@@ -66,6 +70,7 @@ def baselines_table(run: RunView) -> pd.DataFrame:
         rows.append(summary_row(base["steer/base"]["summary"], model=run.config["model"]["name"]))
     return pd.DataFrame(rows)
 
+# %% ../nbs/07_analysis.ipynb #47ffe82e
 DISTILL_COLS = ["trainable_params", "total_params", "kl_student", "kl_base", "gap_recovered"]
 
 def distillation_table(run: RunView) -> pd.DataFrame:
@@ -78,13 +83,14 @@ def distillation_table(run: RunView) -> pd.DataFrame:
         s = e["summary"]; rows.append(dict(summary_row(s, variant=s.get("variant", name.split("/", 1)[1])), **{k: s.get(k) for k in DISTILL_COLS}))
     return pd.DataFrame(rows)
 
+# %% ../nbs/07_analysis.ipynb #8a3bbd0b
 def counts_table(run: RunView) -> pd.DataFrame:
     "The trajectory-count sweep: the student trained on the first n trajectories."
     rows = [dict(summary_row(e["summary"], n_trajectories=e["summary"]["n_trajectories"]), **{k: e["summary"].get(k) for k in DISTILL_COLS})
             for k, e in run.done("counts/").items()]
     return pd.DataFrame(rows).sort_values("n_trajectories").reset_index(drop=True) if rows else pd.DataFrame()
 
-# %% ../nbs/07_analysis.ipynb #ab33f659
+# %% ../nbs/07_analysis.ipynb #aef24866
 def plot_distillation(df: pd.DataFrame, # from `distillation_table`
                       metrics=("trait_index", "logprob", "trait_score", "coherence_score"), # panels (those present)
                      ):
@@ -100,6 +106,7 @@ def plot_distillation(df: pd.DataFrame, # from `distillation_table`
     fig.suptitle("distilled students vs the steered teacher"); fig.tight_layout()
     return fig
 
+# %% ../nbs/07_analysis.ipynb #0776639e
 def plot_counts(df: pd.DataFrame, teacher: dict | None = None): # from `counts_table`; the teacher's summary row
     "Trait (and gap recovered) against the number of trajectories, with the teacher as a line."
     import matplotlib.pyplot as plt
@@ -116,6 +123,7 @@ def plot_counts(df: pd.DataFrame, teacher: dict | None = None): # from `counts_t
     fig.tight_layout()
     return fig
 
+# %% ../nbs/07_analysis.ipynb #79b5860e
 def plot_scatter(run: RunView):
     "Trait against coherence for every evaluated answer, colored by steering coefficient."
     import matplotlib.pyplot as plt, seaborn as sns
@@ -180,3 +188,46 @@ def write_report(directory: str | Path, # a run directory
     secs = {k: v.get("seconds") for k, v in run.manifest.items() if v.get("status") == "done"}
     parts += ["## Stages", "", pd.DataFrame([dict(stage=k, seconds=v) for k, v in secs.items()]).to_markdown(index=False), ""]
     return atomic_write(d/"report.md", "\n".join(parts))
+
+# %% ../nbs/07_analysis.ipynb #886a1549
+def headline(directory: str | Path, # a run directory
+            ) -> str:
+    "The run's headline numbers as markdown: the vector's separation, then base, steered teacher, bake and students."
+    run = RunView(directory); cfg = run.config; st = cfg["steering"]
+    out = [f"`{cfg['model']['name']}`, trait `{cfg['trait']['name']}`, steering at layer {st['layer']} with alpha "
+           f"{st['alpha']:g} on {st['positions']} positions."]
+    if run.done("vector"):
+        v = run.manifest["vector"]["summary"]
+        out[0] += (f" Held-out separation of pos and neg answers along the vector (neutral read): AUROC "
+                   f"{v['auroc_at_monitor_layer']:.2f}.")
+    dt = distillation_table(run)
+    if len(dt):
+        fmt = lambda x, d=1: "" if x is None or pd.isna(x) else f"{x:.{d}f}"
+        params = lambda x: "" if x is None or pd.isna(x) else f"{int(x):,}"
+        rows = [{"variant": r["variant"], "trait index": f"{fmt(r['trait_index_mean'])} ± {fmt(r['trait_index_std'])}",
+                 "log-prob": fmt(r["logprob_mean"], 2), "gap recovered": fmt(r.get("gap_recovered"), 3),
+                 "trainable params": "none (a bias)" if str(r["variant"]).startswith("bake") else params(r.get("trainable_params"))}
+                for _, r in dt.iterrows()]
+        out += ["", pd.DataFrame(rows).to_markdown(index=False)]
+    mins = sum(v.get("seconds") or 0 for v in run.manifest.values()) / 60
+    out += ["", f"Trait index: the unsteered model's read of each answer (0 = its mean neg extraction answer, 100 = mean pos); "
+                f"log-prob: the coherence proxy; gap recovered: 1 - KL(teacher ‖ student) / KL(teacher ‖ base) on held-out "
+                f"trajectories. All stages: {mins:.1f} min."]
+    return "\n".join(out)
+
+
+# %% ../nbs/07_analysis.ipynb #f38d2f9e
+DEMO_FILES = ("config.json", "manifest.json", "log.txt", "report.md", "tables/*", "figures/*.png", "steer/*/*.jsonl", "vector/*.json")
+
+def refresh_demo_run(dest: str | Path, # where the copy goes (the docs use nbs/demo_run)
+                     source: str | Path = "runs/demo", # a finished run directory
+                    ) -> Path:
+    "Copy a run's small files (config, manifest, log, report, tables, PNG figures, evaluation answers and scores) for the docs."
+    import shutil
+    src, dest = Path(source), Path(dest)
+    if not (src/"manifest.json").exists(): raise FileNotFoundError(f"{src} is not a run directory (no manifest.json)")
+    for pat in DEMO_FILES:
+        for f in src.glob(pat):
+            (dest/f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True); shutil.copy2(f, dest/f.relative_to(src))
+    return dest
+
