@@ -17,7 +17,7 @@ scripts usually do); the project left-pads with position ids; their first-step l
 KL at initialisation, B = 0).
 
 KL loss: the project's `kl_on_response_from_hidden` (the trainer's loss: the output head applied per chunk of 256
-positions under activation checkpointing, float32 per chunk) vs materialising the full-vocabulary logits of student
+positions by `LinearKL`, which forms the gradient in the forward pass, float32 per chunk) vs materialising the full-vocabulary logits of student
 and teacher and `F.kl_div(log_softmax(s), log_softmax(t), log_target=True)`; forward + backward to the student's
 hidden states; vocabulary 49152 and 151936 (Qwen2.5), hidden 576 (SmolLM2's); the losses and gradients must agree.
 """
@@ -158,14 +158,12 @@ def steps_rows(ctx: Ctx) -> list[dict]:
         f"{what}; LoRA r 16 all-linear; project: DistillTrainer teacher='adapter' (training_step + AdamW step); baseline: "
         f"frozen teacher copy + hook, full logits, F.kl_div. Same model FLOPs; first-step KL {first['project']:.4g} vs "
         f"{first['baseline']:.4g} (asserted equal in float32). " + ("Within goal." if rt <= 1.05 else
-        "Slower: (1) the project's KL runs the output head 5 times per response position (teacher and student forward, "
-        "both again when the checkpointed chunk is recomputed in the backward pass, and the student's backward) where "
-        "the script runs it 3 times (over all positions); (2) `peft`'s `disable_adapter()` walks every module and builds "
-        "its status on each call (about 45 ms per step on SmolLM2) and the eval/train switches walk the model again "
-        "(about 30 ms). Closing it: a fused linear-KL that computes the student's logit gradient inside the forward "
-        "chunk (grad = (softmax(s) - p_teacher) / n, then grad_h = grad @ W, as Liger-Kernel's fused linear "
-        "cross-entropy does) needs 3 head passes and no recompute; toggle the LoRA layers directly instead of "
-        "`disable_adapter()`."),
+        "Slower: the KL itself costs what the script's does (LinearKL: teacher head, student head and the gradient "
+        "to the hidden states per chunk, as `F.kl_div` over full logits does), so the difference is `peft`'s "
+        "`disable_adapter()`, which walks every module and rebuilds its status on each call, and the eval/train "
+        "switches around the teacher pass, which walk the model again: fixed costs per step that a larger batch "
+        "(or a GPU step of hundreds of ms) hides. Closing it: toggle the LoRA layers' `disable_adapters` flag "
+        "directly instead of `disable_adapter()`."),
         project_floor_x=tp / floor, baseline_floor_x=tb / floor, project_times=res["project"]["times"],
         baseline_times=res["baseline"]["times"], floor_s=floor, tokens=tokens, first_loss=first))
     rows.append(row("distillation", "lora_step_peak_memory_adapter_vs_copy", "bytes", mem["project"], mem["baseline"],
@@ -263,7 +261,7 @@ def kl_rows(ctx: Ctx) -> list[dict]:
         goal_m = 1.2 * min(256, N) / N  # one chunk of 256 positions instead of all N, plus 20 % for what is not per row
         rows.append(row("distillation", f"kl_loss_peak_memory_vocab{k}", "bytes", mp, mb, f"<= {goal_m:.2f}", mp / mb <= goal_m,
             f"{N} positions, hidden {H}, vocab {V}, {dt}, forward + backward to the student's hidden states; project: "
-            f"kl_on_response_from_hidden (the trainer's loss: chunks of 256 positions, head per chunk, checkpointed); "
+            f"kl_on_response_from_hidden (the trainer's loss: chunks of 256 positions, head per chunk, LinearKL); "
             f"baseline: full logits of both + log_softmax + F.kl_div (one [N, vocab] float32 tensor is {logits_mib:.0f} "
             f"MiB). Loss agrees ({lp:.6g} vs {lb:.6g}), gradients to {gdiff:.1e} relative. Goal: the peak of one chunk, "
             f"256/{N} of the baseline's plus 20 %; with more positions (a real batch: 8 x 256 response tokens) the ratio "
@@ -273,16 +271,14 @@ def kl_rows(ctx: Ctx) -> list[dict]:
              "(log_softmax in place, no `torch.where` copy) would close it."), loss_project=lp, loss_baseline=lb,
             grad_rel_diff=gdiff, logits_bytes=N * V * 4))
         rows.append(row("distillation", f"kl_loss_time_vocab{k}", "s", tp, tb, "<= 1.25", tp / tb <= 1.25,
-            "Same computation, memory traded for time: under activation checkpointing each chunk's forward is rerun in "
-            "the backward pass, and the rerun includes the teacher's head, so the project runs 5 [chunk x hidden x vocab] "
-            "matmuls per chunk (teacher and student forward twice, student backward once) where the baseline runs 3, "
-            "plus more elementwise passes (`torch.where` guards) over [chunk, vocab]. " +
+            "Same computation, chunked: `LinearKL` runs autograd on one chunk at a time inside the forward pass and keeps "
+            "only the gradient with respect to the chunk's hidden rows, so a chunk costs 3 [chunk x hidden x vocab] "
+            "matmuls (teacher head, student head, gradient to the hidden states), as many as the baseline's, with no "
+            "recompute and one chunk of logits in memory. " +
             ("Within goal." if tp / tb <= 1.25 else
-             "Over the goal. Closing it: compute the student's logit gradient inside the forward chunk (a fused "
-             "linear-KL autograd function: grad_logits = (softmax(s) - p_teacher) / n, grad_h = grad_logits @ W, "
-             "as Liger-Kernel's fused linear cross-entropy does) - 3 matmuls, no recompute, the same chunk-bounded "
-             "memory (computing the teacher's head outside the checkpoint instead would keep all [N, vocab] teacher "
-             "logits alive until the backward pass)."),
+             "Over the goal: the extra elementwise passes over each [chunk, vocab] block (`torch.where` guards in "
+             "`kl_rows`, log-softmax of both sides per chunk) outweigh the matmuls at this size; fusing them into one "
+             "kernel pass (as Liger-Kernel's fused linear cross-entropy does on GPU) would close it."),
             project_floor_x=tp / floor, baseline_floor_x=tb / floor, project_times=res["project"]["times"],
             baseline_times=res["baseline"]["times"], floor_s=floor))
         del head, h_s0, h_t; trim()

@@ -26,7 +26,7 @@ from .records import RecordLog, atomic_write, write_json, read_json
 
 # %% auto #0
 __all__ = ['TEACHERS', 'BAKED_BIAS_FILE', 'vector_hash', 'steering_record', 'tokenizer_fingerprint', 'loss_span',
-           'sample_trajectories', 'load_trajectories', 'TopK', 'kl_rows', 'kl_on_response',
+           'sample_trajectories', 'load_trajectories', 'TopK', 'kl_rows', 'kl_on_response', 'LinearKL',
            'kl_on_response_from_hidden', 'TrajectoryDataset', 'DistillCollator', 'unwrap', 'output_head',
            'forward_hidden', 'eval_mode', 'adapters_disabled', 'teacher_topk', 'SaveAtEnd', 'DistillTrainer',
            'DistillConfig', 'lora_student', 'param_counts', 'training_arguments', 'distill_trainer', 'Distilled',
@@ -210,6 +210,43 @@ def kl_on_response(student_logits: torch.Tensor, # [B, T, vocab] student logits
     s = _chunk_sum(lambda sl, tl: kl_rows(sl, tl).sum(), chunk_size, len(b), _rows(student_logits, b, t), _rows(teacher, b, t))
     return s / n
 
+# %% ../nbs/05_distillation.ipynb #dcdf1864
+class LinearKL(torch.autograd.Function):
+    "Summed KL through a linear head, chunk by chunk, with the gradient formed in the forward pass (no recompute)."
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, target, chunk_size): # hidden [N, H]; the head's weight [V, H] and bias; target(slice) -> teacher rows; positions per chunk
+        need = ctx.needs_input_grad
+        acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+        total = torch.zeros((), dtype=acc, device=hidden.device)
+        g_h = torch.zeros_like(hidden) if need[0] else None
+        g_w = torch.zeros_like(weight, dtype=acc) if need[1] else None
+        g_b = torch.zeros_like(bias, dtype=acc) if bias is not None and need[2] else None
+        for c in range(0, hidden.shape[0], chunk_size):
+            sl = slice(c, c + chunk_size)
+            # autograd of `kl_rows` itself, one chunk at a time: exact by construction. The chunk's graph is freed
+            # before the next chunk, so outer saved-tensor hooks (CPU offload, memory accounting) are kept off it.
+            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(lambda x: x, lambda x: x):
+                h = hidden[sl].detach().requires_grad_(need[0])
+                w = weight.detach().requires_grad_(need[1])
+                b = None if bias is None else bias.detach().requires_grad_(need[2])
+                kl = kl_rows(nn.functional.linear(h, w, b), target(sl)).sum()
+                wrt = [x for x, n in ((h, need[0]), (w, need[1]), (b, need[2])) if n and x is not None]
+                grads = list(torch.autograd.grad(kl, wrt)) if wrt else []
+            total += kl.detach()
+            if need[0]: g_h[sl] = grads.pop(0)
+            if need[1]: g_w += grads.pop(0)
+            if g_b is not None: g_b += grads.pop(0)
+        ctx.save_for_backward(g_h, g_w, g_b)
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        g_h, g_w, g_b = ctx.saved_tensors
+        scale = lambda g, dt=None: None if g is None else (g * grad_out).to(dt or g.dtype)
+        return scale(g_h), scale(g_w, ctx.dtypes[0]), scale(g_b, ctx.dtypes[1]), None, None
+
+
 # %% ../nbs/05_distillation.ipynb #33e31727
 def kl_on_response_from_hidden(student_hidden: torch.Tensor, # [B, T, hidden] final hidden states of the student
                                teacher: torch.Tensor | TopK, # [B, T, hidden] teacher hidden states, or TopK with [B, T, k]
@@ -218,6 +255,7 @@ def kl_on_response_from_hidden(student_hidden: torch.Tensor, # [B, T, hidden] fi
                                teacher_head: Callable | None = None, # the teacher's head (default: `head`)
                                normalizer: int | torch.Tensor | None = None, # response tokens of the whole accumulated batch
                                chunk_size: int = 256, # positions per chunk
+                               fused: bool = True, # `LinearKL` for a plain linear head (False: checkpointed chunks)
                               ) -> torch.Tensor:
     "Like `kl_on_response`, from final hidden states: the head is applied per chunk, logits are never materialised."
     b, t = loss_mask.nonzero(as_tuple=True)
@@ -228,7 +266,14 @@ def kl_on_response_from_hidden(student_hidden: torch.Tensor, # [B, T, hidden] fi
         if not isinstance(tt, TopK):
             with torch.no_grad(): tt = th(tt.detach())
         return kl_rows(head(hs), tt).sum()
-    return _chunk_sum(chunk_kl, chunk_size, len(b), _rows(student_hidden, b, t), _rows(teacher, b, t)) / n
+    s_rows, t_rows = _rows(student_hidden, b, t), _rows(teacher, b, t)
+    if fused and type(head) is nn.Linear and torch.is_grad_enabled() and (student_hidden.requires_grad or head.weight.requires_grad):
+        def target(sl):
+            tt = t_rows(sl)
+            if isinstance(tt, TopK): return tt
+            with torch.no_grad(): return th(tt.detach())
+        return LinearKL.apply(s_rows(slice(None)), head.weight, head.bias, target, chunk_size) / n
+    return _chunk_sum(chunk_kl, chunk_size, len(b), s_rows, t_rows) / n
 
 # %% ../nbs/05_distillation.ipynb #7d344ea1
 class TrajectoryDataset(torch.utils.data.Dataset):
@@ -424,7 +469,8 @@ class DistillTrainer(Trainer):
         target, thead = self.teacher_target(model, inputs)
         h = forward_hidden(model, inputs)
         loss = kl_on_response_from_hidden(h, target, inputs["loss_mask"], output_head(model), thead,
-                                          normalizer=num_items_in_batch, chunk_size=self.chunk_size)
+                                          normalizer=num_items_in_batch, chunk_size=self.chunk_size,
+                                          fused=not (self.is_fsdp_enabled or self.is_deepspeed_enabled))
         if num_items_in_batch is not None and self._across_devices(): loss = loss * self.accelerator.num_processes
         return (loss, {}) if return_outputs else loss
 
