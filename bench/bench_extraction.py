@@ -127,12 +127,12 @@ def run(ctx: Ctx) -> list[dict]:
     common.update(largest_batch_logits_bytes=logits_b, largest_batch_hidden_states_bytes=hidden_b)
     mnote = (f"Peak memory of one call (a batch of {BATCH} for the project, one answer for the script). " +
              ("Within goal." if rm <= 1 else
-              f"Not met: batching holds {BATCH} answers at once by design, and on top of that the project's largest batch "
-              f"computes [B, T, vocab] logits that `activation_means` never uses ({logits_b / 2 ** 20:.0f} MiB: it "
-              f"calls `model(**batch, output_hidden_states=True)` without `logits_to_keep`) and stacks all hidden states "
-              f"into one more [B, L+1, T, H] tensor ({hidden_b / 2 ** 20:.0f} MiB). Closing it: `logits_to_keep=1` unless "
-              "logprob=True, a per-layer reduction instead of `torch.stack`, and on a CPU batch_size 1-4 (batching barely "
-              "speeds up a CPU forward pass, DESIGN.md); with batch 1 and no logits the project holds less than the script."))
+              f"Not met: batching holds {BATCH} answers at once by design. `activation_means` already keeps one logit row "
+              "per sequence (`logits_to_keep=1` unless logprob=True) and reduces one layer at a time, so what remains is "
+              f"transformers' `output_hidden_states`: all L+1 layers of the batch alive until the pass ends "
+              f"({hidden_b / 2 ** 20:.0f} MiB as [B, L+1, T, H] for the largest batch). Closing it: forward hooks that reduce "
+              "each block's output as it is produced (one layer alive at a time), or batch_size 1-4 on a CPU, where "
+              "batching barely speeds up a forward pass (DESIGN.md); the time ratio above is what the batch buys."))
     return [
         row("extraction", f"activation_means_{N}_time", "s", t["project"], t["baseline"], "<= 1.0", rt <= 1.0, tnote,
             project_floor_x=t["project"] / floor, baseline_floor_x=t["baseline"] / floor, **common),

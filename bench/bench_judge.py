@@ -42,7 +42,7 @@ def sequential_scores(base_url: str, items: list[tuple[str, str]], rubric: str) 
 
 
 def project_scores(base_url: str, items, rubric: str, cache: Path) -> tuple[list[float | None], OpenAIJudge]:
-    "The project's judge with its default concurrency (16), on a fresh cache file."
+    "The project's judge with its default concurrency, on a fresh cache file."
     judge = OpenAIJudge(MODEL, base_url=base_url, api_key="sk-bench", cache=cache)
     return [s.score for s in judge.score(items, rubric, progress=False)], judge
 
@@ -70,7 +70,7 @@ def run(quick: bool = False) -> list[dict]:
     rows = [
         dict(name=f"judge_{n}_answers_{int(LATENCY * 1000)}ms", project_s=round(p, 4), baseline_s=round(b, 4),
              ratio=round(p / b, 4), goal="ratio < 0.10",
-             note=f"OpenAIJudge concurrency=16 vs plain sequential openai calls; median of {repeats} interleaved repeats; "
+             note=f"OpenAIJudge concurrency={judge.concurrency} (default) vs plain sequential openai calls; median of {repeats} interleaved repeats; "
                   f"project {[round(x, 3) for x in proj_t]}, baseline {[round(x, 3) for x in base_t]}"),
         dict(name=f"judge_{n}_answers_rerun_requests", project_s=round(rerun_s, 4), baseline_s=round(p, 4),
              ratio=round(rerun_s / p, 4), goal="0 requests", requests=rerun_requests,

@@ -38,10 +38,12 @@ def judge_rows(ctx: Ctx) -> list[dict]:
         else:
             n = int(r["name"].split("_")[1])
             lat = bench_judge.LATENCY
-            floor_p, floor_b = math.ceil(n / 16) * lat, n * lat  # 16 requests in flight / one at a time, each `lat` s
+            import inspect; from persona_vectors.judge import OpenAIJudge
+            k = inspect.signature(OpenAIJudge).parameters["concurrency"].default
+            floor_p, floor_b = math.ceil(n / k) * lat, n * lat  # k requests in flight (the default) / one at a time, each `lat` s
             out.append(row("judge", r["name"], "s", r["project_s"], r["baseline_s"], r["goal"], r["ratio"] < 0.10,
                            r["note"] + f". Floor: the server's latency alone ({n} requests x {lat * 1000:.0f} ms, "
-                           "16 at a time for the project, one at a time for the baseline).", ratio=r["ratio"],
+                           f"{k} at a time for the project, one at a time for the baseline).", ratio=r["ratio"],
                            project_floor_x=r["project_s"] / floor_p, baseline_floor_x=r["baseline_s"] / floor_b))
     return out
 

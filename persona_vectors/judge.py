@@ -211,7 +211,7 @@ class OpenAIJudge:
                  base_url: str | None = None, # OpenAI-compatible server; None: $OPENAI_BASE_URL, else OpenAI
                  api_key: str | None = None, # None: $OPENAI_API_KEY (a local server needs none)
                  mode: str = "logprobs", # 'logprobs' (one token, top-20 logprobs) or 'text' (parse the reply)
-                 concurrency: int = 16, # requests in flight at most
+                 concurrency: int = 32, # requests in flight at most (32: the latency floor stays a few % of sequential)
                  timeout: float = 30.0, # seconds per request
                  max_retries: int = 6, # retries per answer on 429 / 5xx / timeouts
                  cache: str | os.PathLike | bool | None = True, # True: `default_cache_path()`; a path; None/False: no cache

@@ -45,7 +45,7 @@ class JudgeConfig(_Section):
     base_url: Optional[str] = None # OpenAI-compatible endpoint (None: api.openai.com)
     api_key_env: str = "OPENAI_API_KEY" # environment variable holding the key (the key itself never goes in a config)
     mode: Literal["logprobs", "text"] = "logprobs" # score from top logprobs, or parse the number from text
-    concurrency: int = Field(16, ge=1) # requests in flight
+    concurrency: int = Field(32, ge=1) # requests in flight
     timeout: float = Field(30.0, gt=0) # seconds per request
     max_retries: int = Field(6, ge=0) # retries on 429 / 5xx / timeouts
 
