@@ -9,12 +9,13 @@ CUDA machine the models run in bf16 on the GPU; on a CPU in float32. See bench/c
 floors are measured.
 """
 from __future__ import annotations
-import argparse, json, math, os, sys, tempfile, time, traceback
+import argparse, inspect, json, math, os, sys, tempfile, time, traceback
 from pathlib import Path
 
 import warnings
 import torch
 
+from persona_vectors.judge import OpenAIJudge
 from persona_vectors.records import atomic_write
 from . import common
 from .common import Ctx, machine, matmul_rate, pin_malloc, row, fmt_value, MEMORY_METHOD
@@ -38,7 +39,6 @@ def judge_rows(ctx: Ctx) -> list[dict]:
         else:
             n = int(r["name"].split("_")[1])
             lat = bench_judge.LATENCY
-            import inspect; from persona_vectors.judge import OpenAIJudge
             k = inspect.signature(OpenAIJudge).parameters["concurrency"].default
             floor_p, floor_b = math.ceil(n / k) * lat, n * lat  # k requests in flight (the default) / one at a time, each `lat` s
             out.append(row("judge", r["name"], "s", r["project_s"], r["baseline_s"], r["goal"], r["ratio"] < 0.10,
