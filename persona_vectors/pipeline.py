@@ -18,8 +18,8 @@ from .records import atomic_write, write_json, read_json
 # %% auto #0
 __all__ = ['STAGES', 'ModelConfig', 'TraitConfig', 'JudgeConfig', 'ExtractionConfig', 'SteeringConfig', 'EvaluationConfig',
            'SweepConfig', 'DistillationConfig', 'BaselinesConfig', 'StudyConfig', 'ConfigError', 'parse_override',
-           'validate_config', 'load_config', 'config_dir', 'resolve_config_path', 'preflight', 'Run', 'one_line',
-           'steer_stage', 'Study', 'variant_config', 'plan']
+           'validate_config', 'load_config', 'config_dir', 'resolve_config_path', 'preflight', 'output_files',
+           'changed_outputs', 'Run', 'one_line', 'steer_stage', 'Study', 'variant_config', 'plan']
 
 # %% ../nbs/06_pipeline.ipynb #351265e4
 class _Section(BaseModel):
@@ -218,6 +218,35 @@ def preflight(cfg: StudyConfig) -> list[str]:
         if not _reachable(url): problems.append(f"judge: {url} does not answer (judge.base_url)")
     return problems
 
+# %% ../nbs/06_pipeline.ipynb #65331107
+def _sha256(path: Path) -> str:
+    "The SHA-256 of a file's contents."
+    with open(path, "rb") as f: return hashlib.file_digest(f, "sha256").hexdigest()
+
+def output_files(directory: str | Path, # a stage directory
+                ) -> dict[str, dict]:
+    "Every file under `directory` (but `checkpoints/` and temp files): relative path -> size, mtime_ns, sha256."
+    d, files = Path(directory), {}
+    for p in sorted(d.rglob("*")):
+        rel = p.relative_to(d)
+        if not p.is_file() or "checkpoints" in rel.parts or p.name.endswith(".tmp"): continue
+        st = p.stat()
+        files[rel.as_posix()] = dict(size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=_sha256(p))
+    return files
+
+def changed_outputs(directory: str | Path, # a stage directory
+                    recorded: dict[str, dict], # what `output_files` gave when the stage finished
+                   ) -> dict[str, str]:
+    "The recorded files that are now 'missing' or 'changed' (size or contents), by relative path."
+    d, bad = Path(directory), {}
+    for rel, r in recorded.items():
+        p = d/rel
+        if not p.is_file(): bad[rel] = "missing"; continue
+        st = p.stat()
+        if st.st_size != r["size"]: bad[rel] = "changed"
+        elif st.st_mtime_ns != r["mtime_ns"] and _sha256(p) != r["sha256"]: bad[rel] = "changed"
+    return bad
+
 # %% ../nbs/06_pipeline.ipynb #d324482e
 def _hash(obj) -> str:
     "A short stable hash of a JSON-able object."
@@ -238,7 +267,7 @@ class Run:
         self.logger.setLevel(logging.INFO); self.logger.propagate = False
         fh = logging.FileHandler(self.dir/"log.txt"); fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         self.logger.addHandler(fh)
-        self._cache = {}
+        self._cache, self.ran = {}, []  # `ran`: stages run (not skipped) by this object
 
     def log(self, msg: str, echo: bool = True):
         "Write a line to log.txt (and stdout unless quiet)."
@@ -249,6 +278,12 @@ class Run:
         "The key of a done stage (None if not done)."
         e = self.manifest.get(name)
         return e["key"] if e and e["status"] == "done" else None
+
+    def identity(self, name: str) -> str | None:
+        "A done stage's key and the hashes of its outputs, as one hash (what its dependents' keys read)."
+        e = self.manifest.get(name)
+        if not (e and e["status"] == "done"): return None
+        return _hash(dict(key=e["key"], outputs={k: v["sha256"] for k, v in e.get("outputs", {}).items()}))
 
     def done(self, name: str) -> bool: return self.key(name) is not None
     def path(self, name: str) -> Path: return self.dir/name
@@ -261,15 +296,20 @@ class Run:
               deps: list[str], # stages it depends on (must be done)
               fn, # fn(directory) -> JSON-able summary; resumes from what it finds in `directory`
              ) -> dict:
-        "Run a stage unless it is done with the same key; return its summary."
+        "Run a stage unless it is done with the same key and all its outputs are intact; return its summary."
         for d_ in deps:
             if not self.done(d_): raise RuntimeError(f"stage {name!r} needs stage {d_!r}, which is not done")
-        key = _hash(dict(inputs=inputs, deps={d_: self.key(d_) for d_ in deps}))
-        e = self.manifest.get(name)
+        key = _hash(dict(inputs=inputs, deps={d_: self.identity(d_) for d_ in deps}))
+        e, out = self.manifest.get(name), self.path(name)
         if e and e["key"] == key and e["status"] == "done":
-            self.log(f"[{name}] up to date: {one_line(e['summary'])}"); return e["summary"]
-        out = self.path(name)
-        if e and e["key"] != key and out.exists():
+            bad = changed_outputs(out, e["outputs"]) if "outputs" in e else {"(no record of its outputs)": "unknown"}
+            if not bad:
+                self.log(f"[{name}] up to date: {one_line(e['summary'])}"); return e["summary"]
+            what = ", ".join(f"{k} {v}" for k, v in list(bad.items())[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            if any(v != "missing" for v in bad.values()) and out.exists():
+                self.log(f"[{name}] outputs changed ({what}): clearing {out} and rerunning"); shutil.rmtree(out)
+            else: self.log(f"[{name}] outputs missing ({what}): rerunning")
+        elif e and e["key"] != key and out.exists():
             self.log(f"[{name}] its inputs changed: clearing {out}"); shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
         self.manifest[name] = dict(key=key, status="running", inputs=inputs, deps=deps); self._save()
@@ -278,8 +318,9 @@ class Run:
         self.log(f"[{name}] {'resuming' if resumed else 'running'}", echo=False)
         summary = fn(out)
         dt = time.time() - t0
-        self.manifest[name] = dict(key=key, status="done", inputs=inputs, deps=deps, seconds=round(dt, 1), summary=summary)
-        self._save()
+        self.manifest[name] = dict(key=key, status="done", inputs=inputs, deps=deps, seconds=round(dt, 1), summary=summary,
+                                   outputs=output_files(out))
+        self._save(); self.ran.append(name)
         self.log(f"[{name}] done in {dt:.0f}s: {one_line(summary)}")
         return summary
 
