@@ -100,6 +100,20 @@ def test_reference_dry_run():
     assert out.returncode == 0, out.stderr
     assert "judge_calls" in out.stdout and "| total" in out.stdout
     print(out.stdout)
+    rows = {}
+    for line in out.stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[2].isdigit(): rows[cells[0]] = (int(cells[2]), int(cells[3]))
+    # counted by hand from configs/reference.toml and the built-in 'evil' trait (20 extraction questions, 5 pairs):
+    # extraction 20 x 5 pairs x 2 sides x 10 samples; every answer is judged twice (trait, coherence)
+    # sweeps: alphas 0 (the base), 0.5, 1, 1.5, 2, 2.5, 3 at layer 16, plus layers 4, 8, 12, 20, 24 at alpha 2 (16 is shared):
+    #         12 settings x 20 questions x 10 samples
+    # trajectories: 1000 + 100 held out, not judged
+    # distillation: lora8, lora16, lora32, full, the bake, and 5 trajectory counts = 10 students x 200 answers
+    expect = {"extraction": (2000, 4000), "sweeps": (2400, 4800), "trajectories": (1100, 0), "distillation": (2000, 4000)}
+    expect["total"] = tuple(map(sum, zip(*expect.values())))
+    assert rows == expect, rows
+    assert expect["total"] == (7500, 12800)
 
 
 @pytest.mark.slow
@@ -126,3 +140,61 @@ def test_killed_study_resumes_to_the_same_tables(config, tmp_path):
     for stage in ("extraction/answers.jsonl", "steer/L2_a2/answers.jsonl", "trajectories/train.jsonl"):
         assert (clean/stage).read_text().count("\n") == (killed/stage).read_text().count("\n")
     print((killed/"report.md").read_text()[:2000])
+
+
+SMALL = '''name = "small"
+[model]
+name = "{model}"
+[trait]
+name = "pirate"
+[extraction]
+n_questions = 4
+max_new_tokens = 8
+batch_size = 20
+[steering]
+layer = 2
+alpha = 2.0
+[evaluation]
+n_questions = 2
+n_samples = 2
+max_new_tokens = 8
+batch_size = 8
+[sweeps]
+alphas = [0.0, 2.0]
+layers = [3]
+'''
+
+
+@pytest.mark.slow  # about 40 s on 2 cores: five small studies on a tiny model
+def test_reruns_exactly_what_is_missing_changed_or_depends_on_a_change(config, tmp_path):
+    "Deleting or editing a finished stage's output reruns that stage (and its dependents if its files changed); nothing else."
+    from persona_vectors.pipeline import validate_config, Study
+    import tomllib
+    raw = tomllib.loads(SMALL.format(model=config.parent/"model"))
+    stages = ["artifacts", "extraction", "vector", "sweeps"]
+    def run(**over):
+        cfg = dict(raw); cfg.update({k: {**raw.get(k, {}), **v} for k, v in over.items()})
+        s = Study(validate_config(cfg), tmp_path/"run", quiet=True, progress=False)
+        s.run_stages(stages)
+        return s.run.ran
+    sweep = ["steer/base", "steer/L2_a2", "steer/L3_a2"]
+    assert run() == ["artifacts", "extraction", "vector"] + sweep
+    assert run() == []                                                       # a finished run loads and runs nothing
+    # the issue's case: the vector file is gone; the vector stage reruns and writes it again
+    vec = tmp_path/"run"/"vector"/"persona.safetensors"
+    before = vec.read_bytes(); vec.unlink()
+    ran = run()
+    assert ran[0] == "vector" and vec.read_bytes() == before                # same inputs, same bytes...
+    assert ran == ["vector"]                                                  # ... so no dependent reruns
+    # an output edited by hand is noticed: its stage is cleared and rerun, and gives the original file back
+    ans = tmp_path/"run"/"steer"/"L2_a2"/"answers.jsonl"
+    good = ans.read_text(); ans.write_text(good.replace('"', "'", 1))      # same size, other contents
+    assert run() == ["steer/L2_a2"] and ans.read_text() == good
+    # a vector stage whose files come out different (the monitor reads another layer) reruns every evaluation after it
+    assert run(steering={"monitor_layer": 3}) == ["vector"] + sweep
+    # adding a coefficient runs only the new setting
+    assert run(steering={"monitor_layer": 3}, sweeps={"alphas": [0.0, 2.0, 4.0]}) == ["steer/L2_a4"]
+    # a changed evaluation input reruns every evaluation, nothing upstream
+    assert sorted(run(steering={"monitor_layer": 3}, sweeps={"alphas": [0.0, 2.0, 4.0]}, evaluation={"n_samples": 3})) == sorted(sweep + ["steer/L2_a4"])
+    log = (tmp_path/"run"/"log.txt").read_text()
+    assert "outputs missing (persona.safetensors missing)" in log and "outputs changed (answers.jsonl changed)" in log
