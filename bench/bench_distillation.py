@@ -258,7 +258,7 @@ def kl_rows(ctx: Ctx) -> list[dict]:
         logits_mib = N * V * 4 / 2 ** 20
         k = f"{V // 1000}k"
         dt = "float32" if ctx.dtype == torch.float32 else "bf16 inputs, float32 softmax"
-        goal_m = 1.2 * min(256, N) / N  # one chunk of 256 positions instead of all N, plus 20 % for what is not per row
+        goal_m = round(1.2 * min(256, N) / N, 2)  # as the goal is written (2 decimals); one chunk of 256 positions instead of all N, plus 20 % for what is not per row
         rows.append(row("distillation", f"kl_loss_peak_memory_vocab{k}", "bytes", mp, mb, f"<= {goal_m:.2f}", mp / mb <= goal_m,
             f"{N} positions, hidden {H}, vocab {V}, {dt}, forward + backward to the student's hidden states; project: "
             f"kl_on_response_from_hidden (the trainer's loss: chunks of 256 positions, head per chunk, LinearKL); "
