@@ -6,7 +6,8 @@ Docs: https://persona-vectors.github.io/persona_vectors/cli.html.md"""
 
 # %% ../nbs/08_cli.ipynb #0793787b
 from __future__ import annotations
-import sys, time, os
+import sys, time, os, signal, shlex, traceback
+from pathlib import Path
 from fastcore.script import call_parse
 from .models import load_model, chat, DEFAULT_MODEL, Sampling
 
@@ -14,27 +15,58 @@ from .models import load_model, chat, DEFAULT_MODEL, Sampling
 __all__ = ['run_study', 'main']
 
 # %% ../nbs/08_cli.ipynb #deca52da
+def _stop_on_sigint():
+    "SIGINT handler: the first asks for a stop at the next record boundary, the second stops at once."
+    from persona_vectors.records import STOP
+    def handler(signum, frame):
+        if STOP.is_set(): raise KeyboardInterrupt
+        STOP.set(); print("\nstopping at the next record boundary (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+    return signal.signal(signal.SIGINT, handler)
+
 def run_study(config: str, # config file or name in configs/
               stages: str = "", # comma-separated stage groups (default: all the config enables)
               set: str = "", # overrides 'section.key=value', separated by ';'
               run_dir: str = None, # run directory (default runs/<name>)
               dry_run: bool = False, # print the plan and exit
+              debug: bool = False, # show tracebacks of user errors too
              ) -> int:
-    "Validate a config, check it can run, and run its stages (or print its plan)."
-    from persona_vectors.pipeline import load_config, preflight, plan, Study, ConfigError
+    "Validate a config, check it can run, and run its stages (or print its plan); 2 on a user error, 130 on Ctrl-C."
+    from persona_vectors.pipeline import load_config, preflight, plan, Study, UserError, STAGES, lock_run_dir
+    study = None
     try:
         cfg = load_config(config, [o for o in set.split(";") if o.strip()])
-    except ConfigError as e:
-        print(f"config error:\n{e}", file=sys.stderr); return 2
-    print(plan(cfg).to_markdown(index=False))
-    if dry_run: return 0
-    problems = preflight(cfg)
-    if problems:
-        print("cannot run:\n" + "\n".join(f"- {p}" for p in problems), file=sys.stderr); return 2
-    t0 = time.time()
-    d = Study(cfg, run_dir).run_stages([x.strip() for x in stages.split(",") if x.strip()] or None)
-    print(f"done in {time.time()-t0:.0f}s ({(time.time()-t0)/60:.1f} min): {d/'report.md'}")
-    return 0
+        directory = Path(run_dir or Path("runs")/cfg.name)
+        if not dry_run and directory.exists(): lock_run_dir(directory)  # a busy directory refuses at once, before any check
+        want = [x.strip() for x in stages.split(",") if x.strip()]
+        problems, notes = preflight(cfg, environment=not dry_run)
+        problems += [f"--stages: unknown stage {x!r}; expected some of {list(STAGES)}" for x in want if x not in STAGES]
+        for n in notes: print(f"note: {n}", file=sys.stderr)
+        if problems:
+            print("cannot run:\n" + "\n".join(f"- {p}" for p in problems), file=sys.stderr); return 2
+        print(plan(cfg).to_markdown(index=False))
+        if dry_run: return 0
+        t0 = time.time()
+        previous = _stop_on_sigint() if __import__("threading").current_thread() is __import__("threading").main_thread() else None
+        try:
+            study = Study(cfg, run_dir)
+            d = study.run_stages(want or None)
+        finally:
+            if previous is not None: signal.signal(signal.SIGINT, previous)
+        print(f"done in {time.time()-t0:.0f}s ({(time.time()-t0)/60:.1f} min): {d/'report.md'}")
+        return 0
+    except UserError as e:
+        if debug: traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr); return 2
+    except KeyboardInterrupt:
+        from persona_vectors.records import STOP
+        STOP.clear()
+        where = f" in stage {study.run.current!r}" if study and study.run.current else ""
+        cmd = " ".join(["persona-vectors", "run", shlex.quote(config)] + (["--stages", shlex.quote(stages)] if stages else [])
+                       + (["--set", shlex.quote(set)] if set else []) + (["--run-dir", shlex.quote(str(run_dir))] if run_dir else []))
+        if study: study.run.log(f"[study] interrupted{where}", echo=False)
+        print(f"\ninterrupted{where}: every record written so far is kept and nothing is half-written.\n"
+              f"Rerun the same command to resume where it stopped:\n  {cmd}", file=sys.stderr)
+        return 130
 
 # %% ../nbs/08_cli.ipynb #e9133622
 @call_parse(pos=["command", "config"])
@@ -43,7 +75,8 @@ def main(command: str = "chat", # `run` a study config, `demo` (= run demo), or 
          stages: str = "", # for `run`: comma-separated stage groups (artifacts, extraction, vector, sweeps, distillation, baselines, report)
          set: str = "", # for `run`: overrides 'section.key=value', separated by ';'
          run_dir: str = None, # for `run`: the run directory (default runs/<name>)
-         dry_run: bool = False, # for `run`: print the stages, sizes and judge calls, and exit
+         dry_run: bool = False, # for `run`: check the config and print the stages, sizes and judge calls, then exit
+         debug: bool = False, # for `run`: show the traceback of user errors (config, files, a busy run directory)
          prompt: str = "In two sentences, what is a persona vector in a language model?", # the user message for `chat`
          model: str = DEFAULT_MODEL, # for `chat`: packaged alias, local path or hub id
          system: str = None, # system prompt for `chat`
@@ -51,7 +84,7 @@ def main(command: str = "chat", # `run` a study config, `demo` (= run demo), or 
         ):
     "persona-vectors: run a study from a config, or chat with a model."
     if command in ("run", "demo"):
-        sys.exit(run_study("demo" if command == "demo" else config, stages, set, run_dir, dry_run))
+        sys.exit(run_study("demo" if command == "demo" else config, stages, set, run_dir, dry_run, debug))
     elif command == "chat":
         t0 = time.time()
         m, tok = load_model(model)

@@ -17,9 +17,10 @@ from .records import atomic_write, write_json, read_json
 
 # %% auto #0
 __all__ = ['STAGES', 'ModelConfig', 'TraitConfig', 'JudgeConfig', 'ExtractionConfig', 'SteeringConfig', 'EvaluationConfig',
-           'SweepConfig', 'DistillationConfig', 'BaselinesConfig', 'StudyConfig', 'ConfigError', 'parse_override',
-           'validate_config', 'load_config', 'config_dir', 'resolve_config_path', 'preflight', 'output_files',
-           'changed_outputs', 'Run', 'one_line', 'steer_stage', 'Study', 'variant_config', 'plan']
+           'SweepConfig', 'DistillationConfig', 'BaselinesConfig', 'StudyConfig', 'UserError', 'ConfigError',
+           'parse_override', 'validate_config', 'load_config', 'config_dir', 'resolve_config_path', 'model_facts',
+           'config_problems', 'preflight', 'output_files', 'changed_outputs', 'RunLocked', 'lock_run_dir', 'Run',
+           'one_line', 'steer_stage', 'Study', 'variant_config', 'plan']
 
 # %% ../nbs/06_pipeline.ipynb #351265e4
 class _Section(BaseModel):
@@ -130,7 +131,10 @@ class StudyConfig(_Section):
     baselines: BaselinesConfig = BaselinesConfig()
 
 # %% ../nbs/06_pipeline.ipynb #aa164be0
-class ConfigError(ValueError):
+class UserError(Exception):
+    "An error the user can fix (a config, an input file, a busy run directory): shown as one message, no traceback."
+
+class ConfigError(UserError, ValueError):
     "A config that cannot be used, with every problem named by file and key."
 
 def _set_dotted(d: dict, key: str, value):
@@ -193,30 +197,110 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
         with socket.create_connection((u.hostname, port), timeout=timeout): return True
     except OSError: return False
 
-def preflight(cfg: StudyConfig) -> list[str]:
-    "Problems that would stop the run, found without loading a model (empty when all is well)."
-    from persona_vectors.models import PACKAGED_MODELS
-    import importlib.util
-    problems = []
-    names = [cfg.model.name] + list(cfg.baselines.models)
-    for name in names:
+def model_facts(name: str, # packaged alias, local directory or hub id
+               ) -> dict | None:
+    "Blocks, hidden size, architecture and linear-module names of a model, from its config alone (None if unreadable)."
+    import importlib.util, torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from persona_vectors.models import PACKAGED_MODELS, cache_dir
+    try:
         if name in PACKAGED_MODELS:
-            if importlib.util.find_spec(PACKAGED_MODELS[name]["package"]) is None:
-                problems.append(f"model {name!r} needs `{PACKAGED_MODELS[name]['install']}`")
-        elif name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
-            problems.append(f"model directory {name!r} does not exist")
+            info = PACKAGED_MODELS[name]; conv = cache_dir()/"models"/name
+            if (conv/"config.json").exists(): conf = AutoConfig.from_pretrained(conv)
+            else:
+                spec = importlib.util.find_spec(info["package"])
+                conf = AutoConfig.from_pretrained(list(spec.submodule_search_locations)[0], gguf_file=info["gguf"])
+        else: conf = AutoConfig.from_pretrained(str(Path(name).expanduser()), local_files_only=True)  # never a download here
+    except Exception: return None
+    text = conf.get_text_config() if hasattr(conf, "get_text_config") else conf
+    with torch.device("meta"): m = AutoModelForCausalLM.from_config(conf)
+    linear = sorted({n.rsplit(".", 1)[-1] for n, mod in m.named_modules() if isinstance(mod, torch.nn.Linear)} - {"lm_head"})
+    return dict(n_layers=text.num_hidden_layers, hidden_size=text.hidden_size,
+                architecture=(conf.architectures or [conf.model_type])[0], linear_modules=linear)
+
+# %% ../nbs/06_pipeline.ipynb #5c41edc6
+def _layer_problems(key: str, layers, n_layers: int | None) -> list[str]:
+    "Problems with layer indices under `key` (hidden_states indices 1..n_layers)."
+    out = []
+    for j, l in enumerate(layers if isinstance(layers, list) else [layers]):
+        k = f"{key}[{j}]" if isinstance(layers, list) else key
+        if l is None: continue
+        if l < 1: out.append(f"{k} = {l}: layers start at 1 (hidden_states index; 0 is the embeddings, which are not steered)")
+        elif n_layers is not None and l > n_layers:
+            out.append(f"{k} = {l}: the model has {n_layers} blocks, so layers run from 1 to {n_layers}")
+    return out
+
+def config_problems(cfg: StudyConfig, # a validated config
+                    facts: dict | None = None, # `model_facts` of the study's model (None: skip the model checks)
+                   ) -> list[str]:
+    "Problems a config has on its own, against its trait and against its model's config, each naming its key."
+    import math, torch
+    from persona_vectors.models import _resolve_dtype
+    p, st, sw, d, e, ev = [], cfg.steering, cfg.sweeps, cfg.distillation, cfg.extraction, cfg.evaluation
+    L = facts["n_layers"] if facts else None
+    p += _layer_problems("steering.layer", st.layer, L) + _layer_problems("steering.monitor_layer", st.monitor_layer, L)
+    p += _layer_problems("sweeps.layers", list(sw.layers), L)
+    p += [f"sweeps.alphas[{j}] = {a}: coefficients must be finite numbers" for j, a in enumerate(sw.alphas) if not math.isfinite(a)]
+    if not math.isfinite(st.alpha): p.append(f"steering.alpha = {st.alpha}: must be a finite number")
+    known = lambda v: v == "full" or (v.startswith("lora") and v[4:].isdigit() and int(v[4:]) > 0)
+    if d.trajectory_counts and not known(d.count_variant):
+        p.append(f"distillation.count_variant = {d.count_variant!r}: expected 'loraR' (e.g. 'lora8') or 'full'")
+    p += [f"distillation.trajectory_counts[{j}] = {n}: must be between 1 and distillation.n_trajectories = {d.n_trajectories}"
+          for j, n in enumerate(d.trajectory_counts) if not 1 <= n <= d.n_trajectories]
+    lora = [v for v in list(d.variants) + ([d.count_variant] if d.trajectory_counts else []) if v.startswith("lora")]
+    if lora and facts:
+        bad = [m for m in d.target_modules if m not in facts["linear_modules"]]
+        if bad: p.append(f"distillation.target_modules: {bad} not in {facts['architecture']}'s linear layers {facts['linear_modules']}")
+    if lora and not d.target_modules: p.append("distillation.target_modules is empty: LoRA needs at least one module")
     if not cfg.trait.generate:
         try:
             from persona_vectors.artifacts import load_trait
-            load_trait(cfg.trait.name)
-        except Exception as e: problems.append(f"trait {cfg.trait.name!r}: {e}")
+            tr = load_trait(cfg.trait.name)
+            if e.n_questions and e.n_questions > len(tr.extract_questions):
+                p.append(f"extraction.n_questions = {e.n_questions}: trait {tr.name!r} has {len(tr.extract_questions)} extraction questions")
+            if ev.n_questions > len(tr.eval_questions):
+                p.append(f"evaluation.n_questions = {ev.n_questions}: trait {tr.name!r} has {len(tr.eval_questions)} evaluation questions")
+        except Exception as ex: p.append(f"trait.name = {cfg.trait.name!r}: {ex}")
+    dev = cfg.model.device
+    if dev != "auto" and not (dev == "cpu" or dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit())):
+        p.append(f"model.device = {dev!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    elif dev.startswith("cuda") and not torch.cuda.is_available(): p.append(f"model.device = {dev!r}: this machine has no CUDA device")
+    elif dev.startswith("cuda:") and int(dev[5:]) >= torch.cuda.device_count():
+        p.append(f"model.device = {dev!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    try:
+        dt = _resolve_dtype(cfg.model.dtype, dev if dev != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+        on_cpu = dev == "cpu" or (dev == "auto" and not torch.cuda.is_available())
+        if dt == torch.float16 and on_cpu: p.append("model.dtype = 'float16' on the CPU: use 'float32' or 'bfloat16' (CPU float16 kernels are slow and lose precision)")
+    except ValueError as ex: p.append(f"model.dtype = {cfg.model.dtype!r}: {ex}")
+    p += [f"stages: unknown stage {s!r}; expected some of {list(STAGES)}" for s in cfg.stages if s not in STAGES]
+    return p
+
+# %% ../nbs/06_pipeline.ipynb #db381d35
+def preflight(cfg: StudyConfig, # a validated config
+              environment: bool = True, # also check what the run needs around it (packages, paths, the judge's server and key)
+             ) -> tuple[list[str], list[str]]:
+    "Problems that would stop the run, and notes on what could not be checked, found without loading weights."
+    from persona_vectors.models import PACKAGED_MODELS
+    import importlib.util
+    problems, notes = [], []
+    facts = model_facts(cfg.model.name)
+    if facts is None: notes.append(f"model {cfg.model.name!r}: its config cannot be read here (not cached, or offline), so layers and "
+                                   "LoRA modules were not checked against it")
+    problems += config_problems(cfg, facts)
+    if not environment: return problems, notes
+    for key, name in [("model.name", cfg.model.name)] + [(f"baselines.models[{j}]", m) for j, m in enumerate(cfg.baselines.models)]:
+        if name in PACKAGED_MODELS:
+            if importlib.util.find_spec(PACKAGED_MODELS[name]["package"]) is None:
+                problems.append(f"{key} = {name!r} needs `{PACKAGED_MODELS[name]['install']}`")
+        elif name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
+            problems.append(f"{key}: model directory {name!r} does not exist")
     j = cfg.judge
     if j.kind == "openai" or cfg.trait.generate:
         url = j.base_url or "https://api.openai.com/v1"
         if not os.environ.get(j.api_key_env) and not (j.base_url and urlparse(j.base_url).hostname in ("127.0.0.1", "localhost", "::1")):
-            problems.append(f"judge: environment variable {j.api_key_env} (judge.api_key_env) is not set")
-        if not _reachable(url): problems.append(f"judge: {url} does not answer (judge.base_url)")
-    return problems
+            problems.append(f"judge.api_key_env: environment variable {j.api_key_env} is not set")
+        if not _reachable(url): problems.append(f"judge.base_url: {url} does not answer")
+    return problems, notes
 
 # %% ../nbs/06_pipeline.ipynb #65331107
 def _sha256(path: Path) -> str:
@@ -248,6 +332,29 @@ def changed_outputs(directory: str | Path, # a stage directory
     return bad
 
 # %% ../nbs/06_pipeline.ipynb #d324482e
+class RunLocked(UserError):
+    "Another process holds the run directory."
+
+_LOCKS: dict[str, Any] = {}  # run directory -> the open lock file this process holds (released by the OS when it exits)
+
+def lock_run_dir(directory: str | Path, # a run directory (created if missing)
+                ) -> Path:
+    "Take the run directory's exclusive OS lock for this process, or raise `RunLocked` naming the process holding it."
+    import fcntl
+    d = Path(directory).resolve(); d.mkdir(parents=True, exist_ok=True)
+    if str(d) in _LOCKS: return d
+    f = open(d/".lock", "a+")
+    try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0); holder = f.read().strip() or "another process"; f.close()
+        raise RunLocked(f"run directory {d} is in use by {holder}: wait for it to finish or stop it (a stopped or killed "
+                        "run releases it at once), or pass another --run-dir") from None
+    f.seek(0); f.truncate()
+    f.write(f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')} "
+            f"({' '.join(os.path.basename(a) if j == 0 else a for j, a in enumerate(sys.argv))})\n"); f.flush()
+    _LOCKS[str(d)] = f
+    return d
+
 def _hash(obj) -> str:
     "A short stable hash of a JSON-able object."
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -260,14 +367,14 @@ class Run:
                 ):
         self.cfg, self.quiet = cfg, quiet
         self.dir = Path(directory or Path("runs")/cfg.name)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        lock_run_dir(self.dir)  # one run per directory, before anything is written
         write_json(self.dir/"config.json", cfg.model_dump())
         self.manifest = read_json(self.dir/"manifest.json") if (self.dir/"manifest.json").exists() else {}
         self.logger = logging.getLogger(f"persona_vectors.run.{id(self)}")
         self.logger.setLevel(logging.INFO); self.logger.propagate = False
         fh = logging.FileHandler(self.dir/"log.txt"); fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         self.logger.addHandler(fh)
-        self._cache, self.ran = {}, []  # `ran`: stages run (not skipped) by this object
+        self._cache, self.ran, self.current = {}, [], None  # `ran`: stages run (not skipped); `current`: the last one started
 
     def log(self, msg: str, echo: bool = True):
         "Write a line to log.txt (and stdout unless quiet)."
@@ -311,7 +418,7 @@ class Run:
             else: self.log(f"[{name}] outputs missing ({what}): rerunning")
         elif e and e["key"] != key and out.exists():
             self.log(f"[{name}] its inputs changed: clearing {out}"); shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True); self.current = name
         self.manifest[name] = dict(key=key, status="running", inputs=inputs, deps=deps); self._save()
         t0 = time.time()
         resumed = any(out.iterdir())

@@ -6,12 +6,12 @@ Docs: https://persona-vectors.github.io/persona_vectors/records.html.md"""
 
 # %% ../nbs/09_records.ipynb #28f91751
 from __future__ import annotations
-import os, json, tempfile
+import os, json, tempfile, threading
 from pathlib import Path
 from typing import Callable, Iterable
 
 # %% auto #0
-__all__ = ['atomic_write', 'write_json', 'read_json', 'RecordLog']
+__all__ = ['STOP', 'atomic_write', 'write_json', 'read_json', 'Interrupted', 'RecordLog']
 
 # %% ../nbs/09_records.ipynb #5f181f85
 def atomic_write(path: str | Path, # destination file
@@ -39,6 +39,12 @@ def read_json(path: str | Path): # a JSON file
     "Read a JSON file, naming the file in the error when it is malformed."
     try: return json.loads(Path(path).read_text())
     except json.JSONDecodeError as e: raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+# %% ../nbs/09_records.ipynb #f0636548
+STOP = threading.Event()  # set by the command line's SIGINT handler: stop after the next durable record write
+
+class Interrupted(KeyboardInterrupt):
+    "The run was asked to stop (Ctrl-C) and stopped at a record boundary."
 
 # %% ../nbs/09_records.ipynb #b86e3aac
 class RecordLog:
@@ -81,6 +87,7 @@ class RecordLog:
         with open(self.path, "ab") as f:
             f.write("".join(json.dumps(r, default=str) + "\n" for r in new).encode()); f.flush(); os.fsync(f.fileno())
         self.records.extend(new); self._keys.update(seen)
+        if STOP.is_set(): raise Interrupted(f"stopped after writing {self.path.name} ({len(self.records)} records)")
         return len(new)
 
     def __len__(self): return len(self.records)

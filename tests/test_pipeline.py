@@ -88,7 +88,7 @@ def test_config_errors(tmp_path):
     assert "unknown key steering.layr" in str(e.value) and "evaluation.n_samples" in str(e.value)
     # a judge that does not answer is found before any model is loaded (no `torch` model is touched here)
     cfg = load_config("demo", ["judge.kind=openai", "judge.base_url=http://127.0.0.1:9/v1"])
-    assert any("does not answer" in p for p in preflight(cfg))
+    assert any("does not answer" in p for p in preflight(cfg)[0])
     out = subprocess.run([sys.executable, "-m", "persona_vectors.cli", "run", "demo", "--set", "judge.kind=openai;judge.base_url=http://127.0.0.1:9/v1"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "does not answer" in out.stderr and "loaded" not in out.stdout + out.stderr
