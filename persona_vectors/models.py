@@ -16,13 +16,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import (AutoModelForCausalLM, AutoTokenizer, AutoConfig, GenerationConfig,
-                          PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast)
+                          PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast,
+                          LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper)
 
 # %% auto #0
 __all__ = ['PACKAGED_MODELS', 'DEFAULT_MODEL', 'CHATML_TEMPLATE', 'TINY_ARCHS', 'cache_dir', 'packaged_model_dir',
            'default_device', 'prepare_tokenizer', 'load_model', 'tiny_model', 'chat_messages', 'chat_prompt_ids',
            'base_model', 'decoder_layers', 'hidden_size', 'Sampling', 'Generation', 'eos_ids', 'left_pad',
-           'position_ids', 'padded_batch', 'generate', 'generate_logged', 'chat']
+           'position_ids', 'padded_batch', 'GumbelNoise', 'sampling_processors', 'generate', 'generate_logged', 'chat']
 
 # %% ../nbs/00_models.ipynb #87adec30
 def cache_dir() -> Path:
@@ -276,7 +277,7 @@ class Sampling:
     top_p: float = 0.95 # nucleus sampling mass
     max_new_tokens: int = 256 # largest number of response tokens
     greedy: bool = False # argmax decoding instead of sampling
-    seed: int = 0 # seed of the per-batch RNG
+    seed: int = 0 # run seed: each sequence's noise derives from it and the sequence's own key
 
     def __post_init__(self):
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens <= 0:
@@ -285,11 +286,10 @@ class Sampling:
         if not 0 < self.top_p <= 1: raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
     def generation_config(self, pad_token_id: int, eos_token_id: list[int]) -> GenerationConfig:
-        "A complete `GenerationConfig` for these parameters (nothing inherited from the model)."
-        kw = dict(do_sample=False) if self.greedy else dict(do_sample=True, temperature=self.temperature,
-                                                             top_p=self.top_p, top_k=0)
+        "A complete `GenerationConfig` (nothing inherited from the model): always argmax; sampling is in `sampling_processors`."
         return GenerationConfig(max_new_tokens=self.max_new_tokens, min_new_tokens=0, pad_token_id=pad_token_id,
-                                eos_token_id=eos_token_id, repetition_penalty=1.0, num_beams=1, use_cache=True, **kw)
+                                eos_token_id=eos_token_id, do_sample=False, repetition_penalty=1.0, num_beams=1,
+                                use_cache=True)
 
 # %% ../nbs/00_models.ipynb #9c80d4ce
 @dataclass
@@ -356,9 +356,39 @@ def _cut(row: list[int], stop: set[int]) -> tuple[list[int], bool]:
         if t in stop: return row[:i], True
     return row, False
 
-def _batch_seed(seed: int, batch_index: int) -> int:
-    "A 63-bit seed derived from the run seed and the batch index."
-    return int.from_bytes(hashlib.sha256(f"{seed}:{batch_index}".encode()).digest()[:8], "little") >> 1
+def _seed(*parts) -> int:
+    "A 63-bit seed hashed from JSON-serialisable parts (dicts by sorted keys)."
+    return int.from_bytes(hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).digest()[:8], "little") >> 1
+
+# %% ../nbs/00_models.ipynb #c0a1e5d2
+class GumbelNoise(LogitsProcessor):
+    "Add Gumbel noise from a per-row generator seeded by (row seed, step): argmax then samples softmax(scores)."
+    def __init__(self, seeds: Sequence[int], # one sequence seed per row of the batch
+                 prompt_len: int, # the batch's (padded) prompt length: step = input length - prompt_len
+                ):
+        self.seeds, self.prompt_len = [int(s) for s in seeds], int(prompt_len)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        if scores.shape[0] != len(self.seeds):
+            raise ValueError(f"{scores.shape[0]} rows of scores for {len(self.seeds)} sequence seeds")
+        step, V = input_ids.shape[1] - self.prompt_len, scores.shape[-1]
+        u, g = torch.empty(len(self.seeds), V, dtype=torch.float64), torch.Generator()
+        for r, s in enumerate(self.seeds):
+            g.manual_seed(_seed("gumbel", s, step))
+            u[r] = torch.rand(V, generator=g, dtype=torch.float64)
+        noise = u.clamp_(min=torch.finfo(torch.float64).tiny).log_().neg_().log_().neg_()  # Gumbel: -log(-log u)
+        dt = torch.float32 if scores.device.type == "mps" else torch.float64  # MPS has no float64
+        return scores.to(dt) + noise.to(scores.device, dt)  # -inf (filtered) + finite noise stays -inf
+
+# %% ../nbs/00_models.ipynb #c0a1e5d3
+def sampling_processors(sampling: Sampling, # temperature and top-p to apply
+                        seeds: Sequence[int], # one sequence seed per row of the batch
+                        prompt_len: int, # the batch's (padded) prompt length
+                       ) -> LogitsProcessorList:
+    "Temperature, top-p (transformers' own warpers) and per-row Gumbel noise: greedy argmax over them samples."
+    ps = [TemperatureLogitsWarper(sampling.temperature)]
+    if sampling.top_p < 1.0: ps.append(TopPLogitsWarper(sampling.top_p))
+    return LogitsProcessorList(ps + [GumbelNoise(seeds, prompt_len)])
 
 # %% ../nbs/00_models.ipynb #5208dc61
 def generate(model: PreTrainedModel, # a causal LM (plain or PEFT-wrapped)
@@ -367,6 +397,7 @@ def generate(model: PreTrainedModel, # a causal LM (plain or PEFT-wrapped)
              n: int = 1, # samples per prompt
              sampling: Sampling = Sampling(), # explicit sampling parameters
              batch_size: int = 16, # sequences per forward batch
+             seeds: Sequence[int] | None = None, # one sequence seed per (prompt, sample), in output order; None: from (sampling.seed, prompt index, sample index)
              context: Callable[[], object] | None = None, # returns a context manager entered around each batch (e.g. a steerer)
              progress: bool = True, # show a progress bar
             ) -> list[Generation]:
@@ -380,7 +411,11 @@ def generate(model: PreTrainedModel, # a causal LM (plain or PEFT-wrapped)
     stop = eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id
     gcfg = sampling.generation_config(pad, stop)
-    jobs = sorted(((pi, si) for pi in range(len(prompts)) for si in range(n)), key=lambda j: (-len(prompts[j[0]]), j))
+    keys = [(pi, si) for pi in range(len(prompts)) for si in range(n)]
+    if seeds is None: seeds = [_seed("generate", sampling.seed, pi, si) for pi, si in keys]
+    elif len(seeds) != len(keys): raise ValueError(f"{len(seeds)} seeds for {len(keys)} sequences ({len(prompts)} prompts x n={n})")
+    seed_of = dict(zip(keys, seeds))
+    jobs = sorted(keys, key=lambda j: (-len(prompts[j[0]]), j))
     device = next(model.parameters()).device
     out: dict[tuple[int, int], Generation] = {}
     target = base_model(model)
@@ -388,13 +423,12 @@ def generate(model: PreTrainedModel, # a causal LM (plain or PEFT-wrapped)
     bar = tqdm(total=len(jobs), desc="generate", unit="seq", disable=not progress, leave=False)
     try:
         target.generation_config = gcfg
-        for b, start in enumerate(range(0, len(jobs), batch_size)):
+        for start in range(0, len(jobs), batch_size):
             batch = jobs[start:start+batch_size]
             ids, mask = left_pad([prompts[pi] for pi, _ in batch], pad, device)
-            devices = [device] if device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices), torch.no_grad(), (context() if context else nullcontext()):
-                torch.manual_seed(_batch_seed(sampling.seed, b))
-                seqs = model.generate(input_ids=ids, attention_mask=mask, generation_config=gcfg)
+            procs = None if sampling.greedy else sampling_processors(sampling, [seed_of[j] for j in batch], ids.shape[1])
+            with torch.no_grad(), (context() if context else nullcontext()):
+                seqs = model.generate(input_ids=ids, attention_mask=mask, generation_config=gcfg, logits_processor=procs)
             new = seqs[:, ids.shape[1]:].tolist()
             for (pi, si), row in zip(batch, new):
                 resp, finished = _cut(row, set(stop))
@@ -413,23 +447,28 @@ def generate_logged(model: PreTrainedModel, # a causal LM (plain or PEFT-wrapped
                     log=None, # a `records.RecordLog` keyed on the identifying fields, or None to keep records in memory
                     sampling: Sampling = Sampling(), # explicit sampling parameters (recorded)
                     batch_size: int = 16, # sequences per forward batch
-                    chunk_size: int = 64, # jobs per durable write; fixed chunks make resumption exact
+                    chunk_size: int = 64, # jobs per durable write (the answers do not depend on it)
                     context: Callable[[], object] | None = None, # context manager factory (e.g. a steerer)
                     desc: str = "generate", # progress bar label
                     progress: bool = True, # show a progress bar
                    ) -> list[dict]:
-    "Generate one answer per job in fixed seeded chunks, appending each chunk to `log`; return the records in job order."
+    "Generate one answer per job, seeded by its identifying fields, appending chunks to `log`; return the records in job order."
     if chunk_size < 1: raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    ident = [json.dumps({k: v for k, v in j.items() if k != "prompt_ids"}, sort_keys=True) for j in jobs]
+    if len(set(ident)) < len(ident):
+        dup = next(x for x in ident if ident.count(x) > 1)
+        raise ValueError(f"two jobs have the same identifying fields {dup}: they would get the same answer")
+    seeds = [_seed("job", sampling.seed, x) for x in ident]
     out: list[dict | None] = [None] * len(jobs)
     chunks = [range(i, min(i + chunk_size, len(jobs))) for i in range(0, len(jobs), chunk_size)]
     todo = [c for c in chunks if log is None or not all(log.done(jobs[i]) for i in c)]
     bar = tqdm(total=sum(len(c) for c in todo), desc=desc, unit="ans", disable=not progress or not todo)
     try:
-        for k, c in enumerate(chunks):
+        for c in chunks:
             if c not in todo: continue
             need = [i for i in c if log is None or not log.done(jobs[i])]
-            gens = generate(model, tokenizer, [jobs[i]["prompt_ids"] for i in need], sampling=replace(sampling, seed=_batch_seed(sampling.seed, k)),
-                            batch_size=batch_size, context=context, progress=False)
+            gens = generate(model, tokenizer, [jobs[i]["prompt_ids"] for i in need], sampling=sampling, batch_size=batch_size,
+                            seeds=[seeds[i] for i in need], context=context, progress=False)
             recs = [{**jobs[i], "prompt_ids": g.prompt_ids, "response_ids": g.response_ids, "text": g.text,
                      "finished": g.finished, "sampling": asdict(sampling)} for i, g in zip(need, gens)]
             if log is not None: log.append(recs)
