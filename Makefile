@@ -16,7 +16,7 @@ study: install  ## the main job: the demo study end to end on the packaged model
 	HF_HUB_OFFLINE=1 $(PY) -m persona_vectors.cli demo
 
 test: install  ## every notebook and pytest test, slow ones included (FLAGS=slow)
-	HF_HUB_OFFLINE=1 PV_TEST_FLAGS="$(FLAGS)" $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 PV_TEST_FLAGS="$(FLAGS)" $(PY) -m pytest -q --durations=12
 
 test-fast: install  ## skip the cells and tests flagged slow
 	HF_HUB_OFFLINE=1 PV_TEST_FLAGS="" $(PY) -m pytest -q -m "not slow"
