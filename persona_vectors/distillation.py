@@ -20,7 +20,7 @@ from transformers import Trainer, TrainingArguments, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from .models import (Sampling, chat_prompt_ids, generate, decoder_layers, base_model, hidden_size,
-                                    load_model, position_ids)
+                                    load_model, position_ids, _seed)
 from .steering import Steering, steer
 from .records import RecordLog, atomic_write, write_json, read_json
 
@@ -62,9 +62,9 @@ def loss_span(prompt_len: int, # number of prompt tokens
     # position P-1 predicts response token 0, ..., P+R-2 predicts token R-1; P+R-1 predicts the end token when there was one
     return prompt_len - 1, prompt_len - 1 + n_response + int(bool(finished))
 
-def _batch_seed(seed: int, b: int) -> int:
-    "A 63-bit seed for trajectory batch `b`."
-    return int.from_bytes(hashlib.sha256(f"trajectories:{seed}:{b}".encode()).digest()[:8], "little") >> 1
+def _trajectory_seed(seed: int, i: int) -> int:
+    "The sampling seed of trajectory `i`: its answer depends on (seed, i) only, not on the batch it is drawn in."
+    return _seed("trajectory", seed, i)
 
 # %% ../nbs/05_distillation.ipynb #6910a031
 def _header(model, tokenizer, steering: Steering, sampling: Sampling, system, batch_size: int, topk) -> dict:
@@ -91,7 +91,7 @@ def sample_trajectories(model, # the model to steer (the teacher's weights)
                         n: int = 1000, # number of trajectories (questions are cycled: trajectory i answers question i % Q)
                         sampling: Sampling = Sampling(), # temperature 1.0, top_p 0.95, 256 new tokens by default
                         system: str | None = None, # system prompt of the chat (None: the template's default)
-                        batch_size: int = 16, # sequences per generation batch (part of the seed: keep it fixed)
+                        batch_size: int = 16, # sequences per generation batch (answers do not depend on it; it names the top-k cache files)
                         topk: int | None = None, # also cache the teacher's top-k log-probs for a teacher-free fine-tune
                         progress: bool = True, # show a progress bar
                        ) -> list[dict]:
@@ -113,7 +113,7 @@ def sample_trajectories(model, # the model to steer (the teacher's weights)
     for b in tqdm(todo, desc="trajectories", disable=not progress, leave=False):
         ids = range(b * batch_size, (b + 1) * batch_size)
         gens = generate(model, tokenizer, [prompts[i % Q] for i in ids], n=1, batch_size=batch_size, progress=False,
-                        sampling=replace(sampling, seed=_batch_seed(sampling.seed, b)), context=steer(model, steering))
+                        sampling=sampling, seeds=[_trajectory_seed(sampling.seed, i) for i in ids], context=steer(model, steering))
         recs = [dict(id=i, question_index=i % Q, sample_index=i // Q, question=questions[i % Q], prompt_ids=g.prompt_ids,
                      response_ids=g.response_ids, prompt_len=g.prompt_len, finished=g.finished, text=g.text, batch=b, **head)
                 for i, g in zip(ids, gens)]
