@@ -6,7 +6,7 @@ Docs: https://persona-vectors.github.io/persona_vectors/cli.html.md"""
 
 # %% ../nbs/08_cli.ipynb #0793787b
 from __future__ import annotations
-import sys, time, os, signal, shlex, traceback
+import sys, time, os, signal, shlex, threading, traceback
 from pathlib import Path
 from fastcore.script import call_parse
 from .models import load_model, chat, DEFAULT_MODEL, Sampling
@@ -46,7 +46,7 @@ def run_study(config: str, # config file or name in configs/
         print(plan(cfg).to_markdown(index=False))
         if dry_run: return 0
         t0 = time.time()
-        previous = _stop_on_sigint() if __import__("threading").current_thread() is __import__("threading").main_thread() else None
+        previous = _stop_on_sigint() if threading.current_thread() is threading.main_thread() else None  # signals reach the main thread only
         try:
             study = Study(cfg, run_dir)
             d = study.run_stages(want or None)

@@ -103,11 +103,11 @@ class DistillationConfig(_Section):
     n_heldout: int = Field(20, ge=1) # held-out evaluation trajectories for the KL metrics
     bake: bool = True # also evaluate the exact bias bake of 'all'-position steering
 
-    @field_validator("variants")
+    @field_validator("variants", "count_variant")
     @classmethod
     def _variants(cls, v):
-        for x in v:
-            if not (x == "full" or (x.startswith("lora") and x[4:].isdigit())):
+        for x in ([v] if isinstance(v, str) else v):
+            if not (x == "full" or (x.startswith("lora") and x[4:].isdigit() and int(x[4:]) > 0)):
                 raise ValueError(f"unknown distillation variant {x!r}: expected 'loraR' (e.g. 'lora8') or 'full'")
         return v
 
@@ -242,9 +242,6 @@ def config_problems(cfg: StudyConfig, # a validated config
     p += _layer_problems("sweeps.layers", list(sw.layers), L)
     p += [f"sweeps.alphas[{j}] = {a}: coefficients must be finite numbers" for j, a in enumerate(sw.alphas) if not math.isfinite(a)]
     if not math.isfinite(st.alpha): p.append(f"steering.alpha = {st.alpha}: must be a finite number")
-    known = lambda v: v == "full" or (v.startswith("lora") and v[4:].isdigit() and int(v[4:]) > 0)
-    if d.trajectory_counts and not known(d.count_variant):
-        p.append(f"distillation.count_variant = {d.count_variant!r}: expected 'loraR' (e.g. 'lora8') or 'full'")
     p += [f"distillation.trajectory_counts[{j}] = {n}: must be between 1 and distillation.n_trajectories = {d.n_trajectories}"
           for j, n in enumerate(d.trajectory_counts) if not 1 <= n <= d.n_trajectories]
     lora = [v for v in list(d.variants) + ([d.count_variant] if d.trajectory_counts else []) if v.startswith("lora")]

@@ -2,6 +2,7 @@
 import json, math, os, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
+from small_study import SMALL
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -15,7 +16,7 @@ BAD = [
     ("distillation.target_modules=['q_proj', 'qkv_proj']", "distillation.target_modules: ['qkv_proj'] not in LlamaForCausalLM"),
     ("distillation.trajectory_counts=[32, 500]", "distillation.trajectory_counts[1] = 500: must be between 1 and distillation.n_trajectories = 96"),
     ("distillation.variants=['lora8', 'lorax']", "distillation.variants"),
-    ("distillation.count_variant='qlora'", "distillation.count_variant = 'qlora'"),
+    ("distillation.count_variant='qlora'", "distillation.count_variant: Value error, unknown distillation variant 'qlora'"),
     ("extraction.variant='mean'", "extraction.variant"),
     ("extraction.n_questions=25", "extraction.n_questions = 25: trait 'pirate' has 20"),
     ("evaluation.n_questions=30", "evaluation.n_questions = 30: trait 'pirate' has 20"),
@@ -77,29 +78,6 @@ def test_the_issue_case_from_the_shell(tmp_path):
     assert p.returncode == 2 and "Traceback" not in p.stderr and "no config 'nope'" in p.stderr
 
 
-SMALL = '''name = "small"
-stages = ["artifacts", "extraction", "vector", "sweeps", "report"]
-[model]
-name = "{model}"
-[trait]
-name = "pirate"
-[extraction]
-n_questions = 10
-n_per_question = 2
-max_new_tokens = 8
-batch_size = 4
-[steering]
-layer = 2
-alpha = 2.0
-[evaluation]
-n_questions = 2
-n_samples = 2
-max_new_tokens = 8
-batch_size = 8
-[sweeps]
-alphas = [0.0, 2.0]
-layers = [3]
-'''
 
 
 @pytest.fixture(scope="module")

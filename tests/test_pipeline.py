@@ -2,6 +2,7 @@
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
+from small_study import SMALL
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -142,27 +143,6 @@ def test_killed_study_resumes_to_the_same_tables(config, tmp_path):
     print((killed/"report.md").read_text()[:2000])
 
 
-SMALL = '''name = "small"
-[model]
-name = "{model}"
-[trait]
-name = "pirate"
-[extraction]
-n_questions = 4
-max_new_tokens = 8
-batch_size = 20
-[steering]
-layer = 2
-alpha = 2.0
-[evaluation]
-n_questions = 2
-n_samples = 2
-max_new_tokens = 8
-batch_size = 8
-[sweeps]
-alphas = [0.0, 2.0]
-layers = [3]
-'''
 
 
 @pytest.mark.slow  # about 40 s on 2 cores: five small studies on a tiny model
