@@ -23,6 +23,7 @@ from .models import (Sampling, chat_prompt_ids, generate, decoder_layers, base_m
                                     load_model, position_ids, _seed)
 from .steering import Steering, steer
 from .records import RecordLog, atomic_write, write_json, read_json
+from .parallel import map_sharded, is_main, barrier, world_size
 
 # %% auto #0
 __all__ = ['TEACHERS', 'BAKED_BIAS_FILE', 'vector_hash', 'steering_record', 'tokenizer_fingerprint', 'loss_span',
@@ -110,24 +111,31 @@ def sample_trajectories(model, # the model to steer (the teacher's weights)
     if bad: raise ValueError(f"{path}: trajectory {bad[0]} answers another question than questions[{bad[0] % Q}]; use another file")
     prompts = [chat_prompt_ids(tokenizer, q, system) for q in questions]
     todo = [b for b in range(B) if not all(log.done(i) for i in range(b * batch_size, (b + 1) * batch_size))]
-    for b in tqdm(todo, desc="trajectories", disable=not progress, leave=False):
+    def one_batch(b):  # the records of batch b and, with topk, its cache tensors
         ids = range(b * batch_size, (b + 1) * batch_size)
         gens = generate(model, tokenizer, [prompts[i % Q] for i in ids], n=1, batch_size=batch_size, progress=False,
                         sampling=sampling, seeds=[_trajectory_seed(sampling.seed, i) for i in ids], context=steer(model, steering))
         recs = [dict(id=i, question_index=i % Q, sample_index=i // Q, question=questions[i % Q], prompt_ids=g.prompt_ids,
                      response_ids=g.response_ids, prompt_len=g.prompt_len, finished=g.finished, text=g.text, batch=b, **head)
                 for i, g in zip(ids, gens)]
-        if topk:
-            ok = [r for r in recs if r["response_ids"] or r["finished"]]
-            cache = teacher_topk(model, [dict(input_ids=r["prompt_ids"] + r["response_ids"], prompt_len=r["prompt_len"],
-                                              finished=r["finished"]) for r in ok], steering, topk, tokenizer.pad_token_id)
-            tensors = {f"{kind}.{r['id']}": x for r, c in zip(ok, cache) for kind, x in zip(("ids", "logp"), c)}
-            name = f"{b:05d}.safetensors"
-            (Path(str(path) + ".topk")).mkdir(parents=True, exist_ok=True)
-            tmp = Path(str(path) + ".topk")/f".{name}.tmp"
-            save_file(tensors, str(tmp)); os.replace(tmp, Path(str(path) + ".topk")/name)  # the cache first, then the records
-            for r in recs: r["topk_file"] = name
-        log.append(recs)
+        if not topk: return recs, None
+        ok = [r for r in recs if r["response_ids"] or r["finished"]]
+        cache = teacher_topk(model, [dict(input_ids=r["prompt_ids"] + r["response_ids"], prompt_len=r["prompt_len"],
+                                          finished=r["finished"]) for r in ok], steering, topk, tokenizer.pad_token_id)
+        return recs, {f"{kind}.{r['id']}": x.cpu() for r, c in zip(ok, cache) for kind, x in zip(("ids", "logp"), c)}
+    W = world_size()
+    bar = tqdm(total=len(todo), desc="trajectories", disable=not progress or not is_main(), leave=False)
+    for start in range(0, len(todo), W):  # several processes: one batch each per round, written in batch order (12_parallel)
+        part = todo[start:start + W]
+        for b, (recs, tensors) in zip(part, map_sharded(lambda bs: [one_batch(b) for b in bs], part)):
+            if topk:
+                name, d = f"{b:05d}.safetensors", Path(str(path) + ".topk")
+                if is_main():  # the cache first, then the records
+                    d.mkdir(parents=True, exist_ok=True); tmp = d/f".{name}.tmp"
+                    save_file(tensors, str(tmp)); os.replace(tmp, d/name)
+                for r in recs: r["topk_file"] = name
+            log.append(recs); bar.update()
+    bar.close(); barrier()  # the main process has written every batch before anyone reads the file back
     return load_trajectories(path, n)
 
 def load_trajectories(path: str | Path, # a JSONL file written by `sample_trajectories`
@@ -568,7 +576,7 @@ def training_arguments(config: DistillConfig, # the run's configuration
               activation_checkpointing_kwargs={"use_reentrant": False}, save_strategy="steps", save_steps=config.save_steps,
               save_total_limit=config.save_total_limit, logging_steps=config.logging_steps, report_to="none",
               remove_unused_columns=False, label_names=["loss_mask"], dataloader_num_workers=0, disable_tqdm=not progress,
-              dataloader_pin_memory=torch.cuda.is_available())
+              dataloader_pin_memory=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available())  # use_cpu: gloo DDP on CPU
     return TrainingArguments(**{**kw, **config.training_args})
 
 # %% ../nbs/05_distillation.ipynb #a0c6ccf7
@@ -602,8 +610,10 @@ def distill_trainer(model: nn.Module, # the base model (LoRA wraps it in place; 
 
 # %% ../nbs/05_distillation.ipynb #346de65d
 def _save_dir(dest: Path, build: Callable[[Path], None]) -> Path:
-    "Build a directory in a temporary sibling, then swap it in for `dest`."
-    dest = Path(dest); dest.parent.mkdir(parents=True, exist_ok=True)
+    "Build a directory in a temporary sibling, then swap it in for `dest` (on the main process only)."
+    dest = Path(dest)
+    if not is_main(): return dest  # several processes: rank 0 writes (12_parallel)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         build(tmp)
@@ -614,6 +624,12 @@ def _save_dir(dest: Path, build: Callable[[Path], None]) -> Path:
     finally:
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+def _sort_targets(adapter_dir: Path):
+    "Sort `target_modules` in a saved adapter config (PEFT writes a set, in an order that changes from process to process)."
+    p = Path(adapter_dir)/"adapter_config.json"
+    c = read_json(p)
+    if isinstance(c.get("target_modules"), list): c["target_modules"] = sorted(c["target_modules"]); write_json(p, c)
 
 def _checkpoint_step(path) -> int:
     "The global step a Trainer checkpoint was written at."
@@ -670,7 +686,7 @@ def distill(model: nn.Module, # the base model (LoRA wraps it in place; a full f
                    loss=[(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h])
     if save:
         if config.method == "lora":
-            _save_dir(output_dir/"adapter", lambda p: (student.save_pretrained(p), tokenizer.save_pretrained(p)))
+            _save_dir(output_dir/"adapter", lambda p: (student.save_pretrained(p), tokenizer.save_pretrained(p), _sort_targets(p)))
             if save_merged:
                 merged = copy.deepcopy(student).merge_and_unload()
                 _save_dir(output_dir/"merged", lambda p: (merged.save_pretrained(p), tokenizer.save_pretrained(p)))
@@ -678,6 +694,7 @@ def distill(model: nn.Module, # the base model (LoRA wraps it in place; a full f
         else:
             _save_dir(output_dir/"model", lambda p: (student.save_pretrained(p), tokenizer.save_pretrained(p)))
         write_json(output_dir/"distill.json", summary)
+        barrier()  # several processes: the main process has saved before anyone goes on
     return Distilled(student, tokenizer, trainer, output_dir, summary)
 
 # %% ../nbs/05_distillation.ipynb #7df64c1e

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from safetensors.torch import save_file, load_file
 from .models import (Sampling, chat_prompt_ids, generate_logged, decoder_layers, hidden_size, base_model, padded_batch)
 from .records import atomic_write, write_json, read_json, RecordLog
+from .parallel import gather_shards, is_main
 
 # %% auto #0
 __all__ = ['CONTRASTIVE_KEY', 'VARIANTS', 'contrastive_prompts', 'contrastive_answers', 'filter_pairs', 'activation_means',
@@ -89,6 +90,42 @@ def filter_pairs(records: Sequence[dict], # contrastive answers with `trait_scor
     return kept
 
 # %% ../nbs/03_extraction.ipynb #03c7d5e1
+@torch.no_grad()
+def _means_of(model, seqs, batch_size, logprob, pad_id, dtype, layers, progress) -> dict[str, torch.Tensor]:
+    "The body of `activation_means` on one process's sequences."
+    device = next(model.parameters()).device
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))
+    layers = list(range(len(decoder_layers(model)) + 1)) if layers is None else list(layers)
+    N, L1, H = len(seqs), len(layers), hidden_size(model)
+    out = {v: torch.zeros(N, L1, H, dtype=dtype) for v in VARIANTS}
+    up = lambda x: x if x.dtype in (torch.float32, torch.float64) else x.float()  # bf16/fp16 -> float32, never down
+    if logprob: out["response_logprob"] = torch.zeros(N, dtype=torch.float64)
+    for start in tqdm(range(0, N, batch_size), desc="activations", disable=not progress, leave=False):
+        idx = order[start:start + batch_size]
+        batch = padded_batch([seqs[i][0] for i in idx], pad_id, device)
+        ids, am = batch["input_ids"], batch["attention_mask"]
+        # no [B, T, vocab] logits: the log-probs below apply the head row by row (the forward needs one position)
+        o = model(**batch, output_hidden_states=True, logits_to_keep=1)
+        T = ids.shape[1]
+        lens = am.sum(-1)
+        # each row's own positions (left padding: the first real token, then the prompt, then the response), reduced
+        # in order: a sequence's means come out the same, bit for bit, whatever it is batched with (12_parallel)
+        spans = [(int(T - lens[b]), seqs[i][1]) for b, i in enumerate(idx)]
+        rows = {"prompt_avg": lambda h, f, p: h[f:f + p].mean(0), "response_avg": lambda h, f, p: h[f + p:].mean(0),
+                "prompt_last": lambda h, f, p: h[f + p - 1]}
+        for j, l in enumerate(layers):  # one layer at a time: no [B, L+1, T, H] copy of the hidden states
+            h = up(o.hidden_states[l])
+            for v, fn in rows.items():
+                out[v][idx, j] = torch.stack([fn(h[b], f, p) for b, (f, p) in enumerate(spans)]).to(dtype).cpu()
+        if logprob:  # log-prob of response token t, from the head on the final hidden state at t-1, one sequence at a time
+            head, hN = model.get_output_embeddings(), o.hidden_states[-1]
+            lps = []
+            for b, (f, p) in enumerate(spans):  # a [n, hidden] product of this row alone (a fresh copy: same shape, same kernel)
+                lg = up(head(hN[b, f + p - 1:-1].clone()))
+                lps.append(torch.log_softmax(lg, -1).gather(-1, ids[b, f + p:, None])[:, 0].double().mean())
+            out["response_logprob"][idx] = torch.stack(lps).cpu()
+    return out
+
 VARIANTS = ("response_avg", "prompt_avg", "prompt_last")
 
 def _check_seqs(seqs):
@@ -109,37 +146,14 @@ def activation_means(model, # plain or PEFT-wrapped causal LM
                     ) -> dict[str, torch.Tensor]:
     "Per-answer means of every hidden-states index: 'response_avg', 'prompt_avg', 'prompt_last', each [N, L+1, hidden]."
     _check_seqs(seqs)
-    device = next(model.parameters()).device
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))
-    layers = list(range(len(decoder_layers(model)) + 1)) if layers is None else list(layers)
-    N, L1, H = len(seqs), len(layers), hidden_size(model)
-    out = {v: torch.zeros(N, L1, H, dtype=dtype) for v in VARIANTS}
-    up = lambda x: x if x.dtype in (torch.float32, torch.float64) else x.float()  # bf16/fp16 -> float32, never down
-    if logprob: out["response_logprob"] = torch.zeros(N, dtype=torch.float64)
-    for start in tqdm(range(0, N, batch_size), desc="activations", disable=not progress, leave=False):
-        idx = order[start:start + batch_size]
-        batch = padded_batch([seqs[i][0] for i in idx], pad_id, device)
-        ids, am = batch["input_ids"], batch["attention_mask"]
-        # logits only where they are used: the response log-probs, else the last position (the forward needs one)
-        o = model(**batch, output_hidden_states=True, **({} if logprob else dict(logits_to_keep=1)))
-        T = ids.shape[1]
-        lens = am.sum(-1)
-        P = torch.tensor([seqs[i][1] for i in idx], device=device)
-        col = torch.arange(T, device=device)[None]
-        first = T - lens[:, None]                       # column of each sequence's first real token
-        prompt = (col >= first) & (col < first + P[:, None])
-        resp = col >= first + P[:, None]
-        last = (col == first + P[:, None] - 1)
-        masks = {"response_avg": resp, "prompt_avg": prompt, "prompt_last": last}
-        for j, l in enumerate(layers):  # one layer at a time: no [B, L+1, T, H] copy of the hidden states
-            h = up(o.hidden_states[l])
-            for v, mk in masks.items():
-                out[v][idx, j] = torch.einsum("bth,bt->bh", h, mk.to(h.dtype) / mk.sum(-1, keepdim=True)).to(dtype).cpu()
-        if logprob:
-            lg = up(o.logits[:, :-1])
-            lp = torch.log_softmax(lg, -1).gather(-1, ids[:, 1:, None])[..., 0]
-            rm = resp[:, 1:].to(lg.dtype)
-            out["response_logprob"][idx] = ((lp * rm).sum(-1) / rm.sum(-1)).double().cpu()
+    # several processes: each reads its shard of the sequences, every process gets all the means (12_parallel)
+    parts = gather_shards(lambda idx: _means_of(model, [seqs[i] for i in idx], batch_size, logprob, pad_id, dtype, layers,
+                                                progress and is_main()), len(seqs))
+    if len(parts) == 1: return parts[0][1]
+    out = {}
+    for idx, res in parts:
+        for k, v in (res or {}).items():
+            out.setdefault(k, v.new_zeros((len(seqs),) + tuple(v.shape[1:])))[idx] = v
     return out
 
 # %% ../nbs/03_extraction.ipynb #402b940c

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 from .models import chat_prompt_ids, eos_ids, cache_dir, base_model
 from .artifacts import rubric_problems, openai_settings
+from .parallel import map_sharded, is_main
 
 log = logging.getLogger("persona_vectors.judge")
 
@@ -269,7 +270,8 @@ class OpenAIJudge:
               progress: bool = True, # show a progress bar
              ) -> list[Score]:
         "Score every (question, answer) with `rubric`; results in input order."
-        return run_sync(self.ascore(items, rubric, progress))
+        # several processes: each sends its shard of the requests, every process gets all the scores (12_parallel)
+        return map_sharded(lambda part: run_sync(self.ascore(part, rubric, progress and is_main())), items)
 
     async def ascore(self, items: Sequence[tuple[str, str]], rubric: str, progress: bool = True) -> list[Score]:
         "The coroutine behind `score`."
@@ -414,8 +416,10 @@ class LocalJudge:
         "Score every (question, answer) with `rubric`; results in input order."
         probs = rubric_problems(rubric)
         if probs: raise ValueError("; ".join(probs))
-        return [self.score_prompt(self.prompt_ids(q, a, rubric))
-                for q, a in tqdm(list(items), desc="local judge", unit="answer", disable=not progress, leave=False)]
+        # several processes: each scores its shard, every process gets all the scores (12_parallel)
+        return map_sharded(lambda part: [self.score_prompt(self.prompt_ids(q, a, rubric)) for q, a in
+                                         tqdm(part, desc="local judge", unit="answer", disable=not progress or not is_main(), leave=False)],
+                           items)
 
 # %% ../nbs/02_judge.ipynb #2680c711
 def make_judge(spec: str, # 'openai:<model>' or 'local:<model>'

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from transformers import (AutoModelForCausalLM, AutoTokenizer, AutoConfig, GenerationConfig,
                           PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast,
                           LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper)
+from .parallel import map_sharded, is_main
 
 # %% auto #0
 __all__ = ['PACKAGED_MODELS', 'DEFAULT_MODEL', 'CHATML_TEMPLATE', 'TINY_ARCHS', 'cache_dir', 'packaged_model_dir',
@@ -462,13 +463,15 @@ def generate_logged(model: PreTrainedModel, # a causal LM (plain or PEFT-wrapped
     out: list[dict | None] = [None] * len(jobs)
     chunks = [range(i, min(i + chunk_size, len(jobs))) for i in range(0, len(jobs), chunk_size)]
     todo = [c for c in chunks if log is None or not all(log.done(jobs[i]) for i in c)]
-    bar = tqdm(total=sum(len(c) for c in todo), desc=desc, unit="ans", disable=not progress or not todo)
+    bar = tqdm(total=sum(len(c) for c in todo), desc=desc, unit="ans", disable=not progress or not todo or not is_main())
     try:
         for c in chunks:
             if c not in todo: continue
             need = [i for i in c if log is None or not log.done(jobs[i])]
-            gens = generate(model, tokenizer, [jobs[i]["prompt_ids"] for i in need], sampling=sampling, batch_size=batch_size,
-                            seeds=[seeds[i] for i in need], context=context, progress=False)
+            # several processes: each generates its shard of the chunk, all get every answer back (12_parallel)
+            gens = map_sharded(lambda part: generate(model, tokenizer, [jobs[i]["prompt_ids"] for i in part], sampling=sampling,
+                                                     batch_size=batch_size, seeds=[seeds[i] for i in part], context=context,
+                                                     progress=False), need)
             recs = [{**jobs[i], "prompt_ids": g.prompt_ids, "response_ids": g.response_ids, "text": g.text,
                      "finished": g.finished, "sampling": asdict(sampling)} for i, g in zip(need, gens)]
             if log is not None: log.append(recs)

@@ -7,6 +7,7 @@ Docs: https://persona-vectors.github.io/persona_vectors/pipeline.html.md"""
 # %% ../nbs/06_pipeline.ipynb #04f840a4
 from __future__ import annotations
 import os, sys, json, time, hashlib, shutil, socket, logging, tomllib, copy
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal, Optional, Any
 from urllib.parse import urlparse
@@ -14,13 +15,14 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .records import atomic_write, write_json, read_json
+from .parallel import is_main, barrier, world_size
 
 # %% auto #0
 __all__ = ['STAGES', 'ModelConfig', 'TraitConfig', 'JudgeConfig', 'ExtractionConfig', 'SteeringConfig', 'EvaluationConfig',
            'SweepConfig', 'DistillationConfig', 'BaselinesConfig', 'StudyConfig', 'UserError', 'ConfigError',
            'parse_override', 'validate_config', 'load_config', 'config_dir', 'resolve_config_path', 'model_facts',
-           'config_problems', 'preflight', 'output_files', 'changed_outputs', 'RunLocked', 'lock_run_dir', 'Run',
-           'one_line', 'steer_stage', 'Study', 'variant_config', 'plan']
+           'config_problems', 'process_problems', 'preflight', 'output_files', 'changed_outputs', 'RunLocked',
+           'lock_run_dir', 'Run', 'one_line', 'steer_stage', 'Study', 'variant_config', 'plan']
 
 # %% ../nbs/06_pipeline.ipynb #351265e4
 class _Section(BaseModel):
@@ -97,6 +99,8 @@ class DistillationConfig(_Section):
     grad_accum: int = Field(4, ge=1)
     learning_rate: float = Field(1e-4, gt=0) # LoRA learning rate
     full_learning_rate: float = Field(1e-5, gt=0) # full fine-tune learning rate
+    full_optimizer: Literal["adamw_torch_fused", "adamw_torch", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit"] = "adamw_torch_fused" # full fine-tune's TrainingArguments.optim (8-bit: bitsandbytes)
+    gradient_checkpointing: bool = False # recompute activations in the backward pass: less memory, one more forward
     lora_alpha_ratio: float = Field(2.0, gt=0) # lora_alpha = ratio * r
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -268,8 +272,24 @@ def config_problems(cfg: StudyConfig, # a validated config
         dt = _resolve_dtype(cfg.model.dtype, dev if dev != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
         on_cpu = dev == "cpu" or (dev == "auto" and not torch.cuda.is_available())
         if dt == torch.float16 and on_cpu: p.append("model.dtype = 'float16' on the CPU: use 'float32' or 'bfloat16' (CPU float16 kernels are slow and lose precision)")
+        if dt == torch.bfloat16 and not on_cpu and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+            p.append(f"model.dtype = 'bfloat16': {torch.cuda.get_device_name()} has no bfloat16 support: use 'float16' or 'float32'")
     except ValueError as ex: p.append(f"model.dtype = {cfg.model.dtype!r}: {ex}")
     p += [f"stages: unknown stage {s!r}; expected some of {list(STAGES)}" for s in cfg.stages if s not in STAGES]
+    return p
+
+# %% ../nbs/06_pipeline.ipynb #ea145be4
+def process_problems(cfg: StudyConfig, # a validated config
+                     n_processes: int, # processes of this launch
+                    ) -> list[str]:
+    "What stops a config from running on `n_processes` data-parallel processes."
+    p, d = [], cfg.distillation
+    if n_processes > 1 and (d.variants or d.trajectory_counts) and d.batch_size % n_processes:
+        p.append(f"distillation.batch_size = {d.batch_size} does not split over {n_processes} processes: the global batch is kept "
+                 f"whatever the number of processes, so it must be a multiple of {n_processes} (or launch "
+                 f"{', '.join(str(k) for k in range(1, d.batch_size + 1) if d.batch_size % k == 0)} processes)")
+    if n_processes > 1 and cfg.model.device.startswith("cuda:"):
+        p.append(f"model.device = {cfg.model.device!r} with {n_processes} processes: every process would use that one GPU; use 'auto'")
     return p
 
 # %% ../nbs/06_pipeline.ipynb #db381d35
@@ -284,6 +304,7 @@ def preflight(cfg: StudyConfig, # a validated config
     if facts is None: notes.append(f"model {cfg.model.name!r}: its config cannot be read here (not cached, or offline), so layers and "
                                    "LoRA modules were not checked against it")
     problems += config_problems(cfg, facts)
+    problems += process_problems(cfg, world_size())
     if not environment: return problems, notes
     for key, name in [("model.name", cfg.model.name)] + [(f"baselines.models[{j}]", m) for j, m in enumerate(cfg.baselines.models)]:
         if name in PACKAGED_MODELS:
@@ -338,7 +359,9 @@ def lock_run_dir(directory: str | Path, # a run directory (created if missing)
                 ) -> Path:
     "Take the run directory's exclusive OS lock for this process, or raise `RunLocked` naming the process holding it."
     import fcntl
-    d = Path(directory).resolve(); d.mkdir(parents=True, exist_ok=True)
+    d = Path(directory).resolve()
+    if not is_main(): return d  # several processes (12_parallel): the main process holds the lock for all of them
+    d.mkdir(parents=True, exist_ok=True)
     if str(d) in _LOCKS: return d
     f = open(d/".lock", "a+")
     try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -364,17 +387,20 @@ class Run:
                 ):
         self.cfg, self.quiet = cfg, quiet
         self.dir = Path(directory or Path("runs")/cfg.name)
-        lock_run_dir(self.dir)  # one run per directory, before anything is written
+        if is_main(): lock_run_dir(self.dir)  # one run per directory, before anything is written (the main process holds it)
         write_json(self.dir/"config.json", cfg.model_dump())
+        barrier()  # several processes: all read the manifest as the main process left it
         self.manifest = read_json(self.dir/"manifest.json") if (self.dir/"manifest.json").exists() else {}
         self.logger = logging.getLogger(f"persona_vectors.run.{id(self)}")
         self.logger.setLevel(logging.INFO); self.logger.propagate = False
-        fh = logging.FileHandler(self.dir/"log.txt"); fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        self.logger.addHandler(fh)
+        if is_main():
+            fh = logging.FileHandler(self.dir/"log.txt"); fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+            self.logger.addHandler(fh)
         self._cache, self.ran, self.current = {}, [], None  # `ran`: stages run (not skipped); `current`: the last one started
 
     def log(self, msg: str, echo: bool = True):
-        "Write a line to log.txt (and stdout unless quiet)."
+        "Write a line to log.txt (and stdout unless quiet); only the main process logs."
+        if not is_main(): return
         self.logger.info(msg)
         if echo and not self.quiet: print(msg, flush=True)
 
@@ -411,16 +437,22 @@ class Run:
                 self.log(f"[{name}] up to date: {one_line(e['summary'])}"); return e["summary"]
             what = ", ".join(f"{k} {v}" for k, v in list(bad.items())[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
             if any(v != "missing" for v in bad.values()) and out.exists():
-                self.log(f"[{name}] outputs changed ({what}): clearing {out} and rerunning"); shutil.rmtree(out)
+                self.log(f"[{name}] outputs changed ({what}): clearing {out} and rerunning")
+                if is_main(): shutil.rmtree(out)
             else: self.log(f"[{name}] outputs missing ({what}): rerunning")
         elif e and e["key"] != key and out.exists():
-            self.log(f"[{name}] its inputs changed: clearing {out}"); shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True); self.current = name
+            self.log(f"[{name}] its inputs changed: clearing {out}")
+            if is_main(): shutil.rmtree(out)
+        barrier()  # several processes: every one decided from the same files before the main process changes them
+        if is_main(): out.mkdir(parents=True, exist_ok=True)
+        self.current = name
         self.manifest[name] = dict(key=key, status="running", inputs=inputs, deps=deps); self._save()
         t0 = time.time()
+        barrier()
         resumed = any(out.iterdir())
         self.log(f"[{name}] {'resuming' if resumed else 'running'}", echo=False)
         summary = fn(out)
+        barrier()  # every file of the stage is written before anyone hashes it or the next stage reads it
         dt = time.time() - t0
         self.manifest[name] = dict(key=key, status="done", inputs=inputs, deps=deps, seconds=round(dt, 1), summary=summary,
                                    outputs=output_files(out))
@@ -735,8 +767,9 @@ def distilled(self: Study, variant: str, n_trajectories: int | None = None):
         m, t = self.model()
         student, _ = load_model(c.name, dtype=None if c.dtype == "auto" else c.dtype, device=None if c.device == "auto" else c.device)
         trajs = load_trajectories(self.run.path("trajectories")/"train.jsonl")[:n]
-        res = distill(student, t, trajs, Steering(self.steering_vector(), st.layer, st.alpha, st.positions), out/"train", cfg_,
-                      save_merged=False, progress=self.progress)
+        W = world_size()  # several processes: the same global batch, split (`process_problems` checked it divides)
+        res = distill(student, t, trajs, Steering(self.steering_vector(), st.layer, st.alpha, st.positions), out/"train",
+                      replace(cfg_, batch_size=cfg_.batch_size // W), save_merged=False, progress=self.progress)
         summ = self._evaluate_student(res.model, out/"eval", f"{variant} ({n} traj)" if n_trajectories else variant,
                                       base=None if variant != "full" else m)
         del res, student
@@ -775,8 +808,10 @@ def distillation(self: Study):
 def report(self: Study):
     "Stage `report`: every table and figure, and report.md (07_analysis); always rebuilt."
     from persona_vectors.analysis import write_report
-    t0 = time.time(); path = write_report(self.run.dir)
-    self.run.log(f"[report] {path} written in {time.time()-t0:.1f}s")
+    t0, path = time.time(), self.run.dir/"report.md"
+    if is_main():  # several processes: the main process writes the report, the others wait for it
+        path = write_report(self.run.dir); self.run.log(f"[report] {path} written in {time.time()-t0:.1f}s")
+    barrier()
     return path
 
 STAGES = ("artifacts", "extraction", "vector", "sweeps", "distillation", "baselines", "report")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os, json, tempfile, threading
 from pathlib import Path
 from typing import Callable, Iterable
+from .parallel import is_main
 
 # %% auto #0
 __all__ = ['STOP', 'atomic_write', 'write_json', 'read_json', 'Interrupted', 'RecordLog']
@@ -17,8 +18,10 @@ __all__ = ['STOP', 'atomic_write', 'write_json', 'read_json', 'Interrupted', 'Re
 def atomic_write(path: str | Path, # destination file
                  data: str | bytes, # whole contents
                 ) -> Path:
-    "Write `data` to `path` through a temporary sibling and an atomic rename."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    "Write `data` to `path` through a temporary sibling and an atomic rename (on the main process only)."
+    path = Path(path)
+    if not is_main(): return path  # several processes: only rank 0 writes (12_parallel)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -60,7 +63,7 @@ class RecordLog:
     def _load(self):
         raw = self.path.read_bytes()
         good = raw[:raw.rfind(b"\n") + 1]  # a kill mid-write leaves at most one partial last line
-        if len(good) != len(raw):
+        if len(good) != len(raw) and is_main():
             with open(self.path, "r+b") as f: f.truncate(len(good))
         for i, line in enumerate(good.decode().splitlines()):
             if not line.strip(): continue
@@ -83,9 +86,10 @@ class RecordLog:
             if k in self._keys or k in seen: continue
             seen.add(k); new.append(r)
         if not new: return 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "ab") as f:
-            f.write("".join(json.dumps(r, default=str) + "\n" for r in new).encode()); f.flush(); os.fsync(f.fileno())
+        if is_main():  # several processes: rank 0 writes, the others keep the same records in memory (12_parallel)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "ab") as f:
+                f.write("".join(json.dumps(r, default=str) + "\n" for r in new).encode()); f.flush(); os.fsync(f.fileno())
         self.records.extend(new); self._keys.update(seen)
         if STOP.is_set(): raise Interrupted(f"stopped after writing {self.path.name} ({len(self.records)} records)")
         return len(new)

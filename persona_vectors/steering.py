@@ -442,10 +442,12 @@ def plot_sweep(df, # rows from `sweep`
 def save_figure(fig, # a matplotlib figure
                 path: str | Path, # destination without suffix: writes .png and .svg
                ) -> list[Path]:
-    "Save a figure as PNG and SVG, atomically."
-    import io
+    "Save a figure as PNG and SVG, atomically (reproducible bytes: no date, fixed SVG ids)."
+    import io, matplotlib as mpl
     out = []
     for ext in ("png", "svg"):
-        buf = io.BytesIO(); fig.savefig(buf, format=ext, dpi=120, bbox_inches="tight")
+        buf = io.BytesIO()
+        with mpl.rc_context({"svg.hashsalt": "persona_vectors"}):
+            fig.savefig(buf, format=ext, dpi=120, bbox_inches="tight", metadata={"Date": None} if ext == "svg" else None)
         out.append(atomic_write(Path(path).with_suffix(f".{ext}"), buf.getvalue()))
     return out
