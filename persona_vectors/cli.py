@@ -43,8 +43,19 @@ def run_study(config: str, # config file or name in configs/
         for n in notes: print(f"note: {n}", file=sys.stderr)
         if problems:
             print("cannot run:\n" + "\n".join(f"- {p}" for p in problems), file=sys.stderr); return 2
+        resources = None
+        if dry_run:  # memory and time per stage and accelerator (11_resources); an unreadable model config is a UserError
+            from persona_vectors.resources import resource_plan
+            try: resources = resource_plan(cfg)
+            except ValueError as e:
+                if isinstance(e, UserError): raise
+                print(f"note: no resource plan: {e}", file=sys.stderr)
         print(plan(cfg).to_markdown(index=False))
-        if dry_run: return 0
+        if dry_run:
+            if resources is not None:
+                from persona_vectors.resources import plan_markdown
+                print("\nResources per stage (peak memory, time, and whether it fits, per accelerator):\n\n" + plan_markdown(resources))
+            return 0
         t0 = time.time()
         previous = _stop_on_sigint() if threading.current_thread() is threading.main_thread() else None  # signals reach the main thread only
         try:
