@@ -2,7 +2,7 @@
 PY ?= python3
 FLAGS ?= slow
 
-.PHONY: install study test test-fast check clean-nbs bench
+.PHONY: install study test test-fast check clean-nbs bench gpu-check
 install: .install.stamp
 .install.stamp: pyproject.toml Makefile
 	@# torch first: a plain `torch` requirement would otherwise pull a multi-GB CUDA build on a CPU machine
@@ -26,3 +26,6 @@ check: install  ## what CI checks besides the tests: clean notebooks, package in
 
 bench: install
 	HF_HUB_OFFLINE=1 $(PY) -m bench.run
+
+gpu-check: install  ## on one CUDA GPU, < 8 min, packaged SmolLM2 only: bf16 vs float32 steering and extraction, a 20-step LoRA, the benchmarks (bench/results/gpu_check.md); without CUDA it says so and exits 0
+	HF_HUB_OFFLINE=1 $(PY) -m bench.gpu_check

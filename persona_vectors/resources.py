@@ -229,7 +229,8 @@ class Training:
     grad_accum: int = 1 # micro-batches per optimizer step
     chunk: int = 256 # KL positions per chunk
     topk: int = 64 # cached teacher tokens per position (teacher 'topk')
-    study_model: bool = False # the run keeps the study's own model loaded besides the student (the pipeline does)
+    study_model: bool = False # the run keeps the study's own model loaded besides the student (the pipeline does; it is also the full fine-tune's teacher)
+    master_float32: bool = False # a full fine-tune of a bf16/fp16 model keeps float32 master weights (the pipeline does), trained under autocast
 
     @property
     def resolved_teacher(self) -> str: return ("adapter" if self.method == "lora" else "copy") if self.teacher == "auto" else self.teacher
@@ -276,11 +277,13 @@ def train_memory(s: ModelShape, # the model
     P, wb, a, V, H = s.params, t.weight_bytes, t.compute_bytes, s.vocab, s.hidden
     full, teacher = t.method == "full", t.resolved_teacher
     trainable = P if full else lora_params(s, t)
-    tb = wb if full else 4  # trainable parameters' dtype (LoRA adapters are float32)
+    master = full and t.master_float32
+    tb = 4 if master or not full else wb  # trainable parameters' dtype (LoRA adapters and master weights are float32)
     state, temp = OPTIMIZERS[t.optimizer]
-    m = dict(study_model=P * wb if t.study_model else 0, weights=P * wb, adapters=0 if full else trainable * 4,
+    m = dict(study_model=P * wb if t.study_model else 0, weights=P * (4 if master else wb), adapters=0 if full else trainable * 4,
              gradients=trainable * tb, optimizer=trainable * (2 * tb if state is None else state),
-             optimizer_temporaries=trainable * tb * temp, teacher_copy=P * wb if teacher == "copy" else 0,
+             optimizer_temporaries=trainable * tb * temp,
+             teacher_copy=P * wb if teacher == "copy" and not t.study_model else 0,  # the pipeline's teacher is the study model
              teacher_hidden=0 if teacher == "topk" else t.batch * t.seq * H * a,
              topk_cache=t.batch * t.response * t.topk * 8 if teacher == "topk" else 0,
              activations=activation_bytes(s, t), activations_no_checkpointing=activation_bytes(s, t, False),
@@ -470,7 +473,8 @@ def study_stages(cfg: StudyConfig, # a validated config
         T = p_tr + d.max_new_tokens
         def training(v):
             if v == "full": return Training("full", d.batch_size, T, d.max_new_tokens, weight_bytes=wb, compute_bytes=compute_bytes, grad_accum=d.grad_accum,
-                                            optimizer=getattr(d, "full_optimizer", "adamw_torch_fused"), checkpointing=getattr(d, "gradient_checkpointing", False), study_model=True)
+                                            optimizer=getattr(d, "full_optimizer", "adamw_torch_fused"), checkpointing=getattr(d, "gradient_checkpointing", False), study_model=True,
+                                            master_float32=wb < 4)
             return Training("lora", d.batch_size, T, d.max_new_tokens, r=int(v[4:]), targets=tuple(d.target_modules), weight_bytes=wb, compute_bytes=compute_bytes,
                             grad_accum=d.grad_accum, checkpointing=getattr(d, "gradient_checkpointing", False), study_model=True)
         heldout = Generation(d.n_heldout, ev.batch_size, p_tr, d.max_new_tokens, generate=False, read=True, weight_bytes=wb, extra_weights=shape.params * wb)
@@ -588,7 +592,9 @@ def plan_markdown(df: "pd.DataFrame", # a `resource_plan`
     cpu = [a for a in accs if a == "this CPU"]
     lines += ["", f"Assumptions: GPU steps reach {ACCELERATORS['H100-80GB'].mfu:.0%} of the datasheet's dense matmul rate and decoding "
               f"{ACCELERATORS['H100-80GB'].bw_efficiency:.0%} of its bandwidth; every answer runs to max_new_tokens; "
-              "weights, gradients and AdamW moments in the model's dtype (no float32 master copy)."
+              "LoRA adapters, their gradients and AdamW moments in float32; a full fine-tune of a bf16 model keeps float32 master "
+              "weights, gradients and moments (8-bit moments with a bitsandbytes optimizer) under bf16 autocast, and uses the study's "
+              "own model as its teacher."
               + (f" This CPU: {this_cpu().note}." if cpu else "")]
     return "\n".join(lines)
 

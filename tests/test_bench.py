@@ -205,3 +205,28 @@ def test_benchmarks_notebook_claims():
     assert ratio("kl_loss_time_vocab151k") < 1, "'at a 151k vocabulary it is faster than materialising them'"
     assert ratio("judge_", "ms") < 0.1 and r["judge_200_answers_rerun_requests"]["details"]["requests"] == 0, \
         "'more than an order of magnitude faster ... a rerun on the cache sends no request'"
+
+
+# ------------------------------------------------------------------------------------------------------------ gpu-check
+def test_gpu_check_without_cuda_says_so_and_runs_nothing(tmp_path):
+    "`make gpu-check` on a machine without CUDA: exit 0, a clear message, no result file."
+    import torch
+    if torch.cuda.is_available(): pytest.skip("this machine has CUDA: the check itself runs (make gpu-check)")
+    p = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                       env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=120)
+    assert p.returncode == 0 and "no CUDA device on this machine, so nothing was run" in p.stdout, p.stdout + p.stderr
+    assert list(tmp_path.iterdir()) == []
+    assert "bench.gpu_check" in (ROOT/"Makefile").read_text().split("gpu-check:")[1].splitlines()[1]
+
+
+def test_gpu_check_smoke_on_cpu(tmp_path):
+    "The GPU check's code on a tiny model on this CPU: every check runs, passes its bound, and both files are written."
+    p = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--smoke-cpu", "--out", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"), timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    r = json.loads((tmp_path/"gpu_check_smoke.json").read_text())
+    assert r["verdicts"] and all(r["verdicts"].values()), r["verdicts"]
+    assert r["steering"]["effect_cosine"] < 1 and r["steering"]["effect_max_abs_diff"] > 0  # bf16 really ran: not float32 twice
+    assert r["distillation"]["steps"] == 20 and r["distillation"]["adapter_dtype"] == "torch.float32"
+    assert "| bf16 vs float32 steering effect | cosine" in (tmp_path/"gpu_check_smoke.md").read_text()
+    assert not (tmp_path/".gpu_check_work").exists()

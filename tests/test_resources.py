@@ -36,30 +36,32 @@ def test_reference_dry_run_prints_memory_and_time_per_gpu():
         for g in GPUS:
             cell = rows[s][f"{g}: peak, time"]
             assert "GiB" in cell and any(u in cell for u in (" s", " min", " h", " d")), (s, g, cell)
-            assert "does not fit" not in cell, (s, g, cell)  # the reference config chooses settings that fit every named GPU
+            # the reference config fits one H200; on an 80 GB GPU only the full fine-tune (float32 master weights) does not
+            assert ("does not fit" in cell) == (s == "distilled/full" and g != "H200-141GB"), (s, g, cell)
     # Qwen2.5-7B in bf16 (14.2 GiB) needs more than the weights everywhere; the full fine-tune is the largest stage
     peak = {s: float(rows[s]["H100-80GB: peak, time"].split(" GiB")[0]) for s in stages}
     assert all(v > 14.2 for v in peak.values()) and max(peak, key=peak.get) == "distilled/full", peak
-    assert 60 < peak["distilled/full"] < 78.6, peak  # fits the H100's usable 78.6 GiB
+    assert 78.6 < peak["distilled/full"] < 0.9 * 139, peak  # over the H100's usable 78.6 GiB, within the H200's with the margin
+    assert "distilled/full on H100-80GB (does not fit" in p.stdout and "ZeRO-3 over 2 GPUs" in p.stdout
     # a 7B model does not fit this 2-core machine's RAM for training: flagged, with what would make it fit
     assert "does not fit" in rows["distilled/full"]["this CPU: peak, time"]
     assert "distilled/full on this CPU (does not fit" in p.stdout
 
 
 def test_as_the_pipeline_ran_it_full_fine_tune_is_flagged_with_a_fix():
-    "The settings before the reference config chose its own: AdamW in bf16, no checkpointing, 2 x 4 micro-batches."
+    "The settings before the reference config chose its own: AdamW (float32 master weights), no checkpointing, 2 x 4 micro-batches."
     p = cli("run", "reference", "--dry-run", "--set",
             "distillation.full_optimizer='adamw_torch_fused';distillation.gradient_checkpointing=false;distillation.batch_size=2;distillation.grad_accum=4")
     assert p.returncode == 0, p.stderr
     _, rows = resource_rows(p.stdout)
     full = rows["distilled/full"]
     assert "does not fit" in full["A100-80GB: peak, time"] and "does not fit" in full["H100-80GB: peak, time"], full
-    assert "does not fit" not in full["H200-141GB: peak, time"], full
+    assert "does not fit" in full["H200-141GB: peak, time"] or "tight" in full["H200-141GB: peak, time"], full
     peak = float(full["H100-80GB: peak, time"].split(" GiB")[0])
-    assert 85 < peak < 100, peak
+    assert 125 < peak < 145, peak  # float32 masters 28.4 + gradients 28.4 + AdamW 56.7 + the study's bf16 model 14.2 GiB + activations
     fixes = [l for l in p.stdout.splitlines() if l.startswith("- distilled/full on H100-80GB")]
     assert len(fixes) == 1 and "fits with" in fixes[0] and "8-bit AdamW" in fixes[0], fixes
-    assert not any(l.startswith("- distilled/full on H200-141GB") for l in p.stdout.splitlines())
+    assert any(l.startswith("- distilled/full on H200-141GB (tight") for l in p.stdout.splitlines()), p.stdout
 
 
 def test_unreadable_model_is_a_clear_error(tmp_path):
