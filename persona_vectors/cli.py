@@ -10,6 +10,7 @@ import sys, time, os, signal, shlex, threading, traceback
 from pathlib import Path
 from fastcore.script import call_parse
 from .models import load_model, chat, DEFAULT_MODEL, Sampling
+from .parallel import is_main
 
 # %% auto #0
 __all__ = ['run_study', 'main']
@@ -38,11 +39,12 @@ def run_study(config: str, # config file or name in configs/
         directory = Path(run_dir or Path("runs")/cfg.name)
         if not dry_run and directory.exists(): lock_run_dir(directory)  # a busy directory refuses at once, before any check
         want = [x.strip() for x in stages.split(",") if x.strip()]
-        problems, notes = preflight(cfg, environment=not dry_run)
+        problems, notes = preflight(cfg.model_copy(update=dict(stages=want)) if want else cfg, environment=not dry_run)
         problems += [f"--stages: unknown stage {x!r}; expected some of {list(STAGES)}" for x in want if x not in STAGES]
-        for n in notes: print(f"note: {n}", file=sys.stderr)
+        say = print if is_main() else (lambda *a, **k: None)  # several processes (12_parallel): the main one speaks
+        for n in notes: say(f"note: {n}", file=sys.stderr)
         if problems:
-            print("cannot run:\n" + "\n".join(f"- {p}" for p in problems), file=sys.stderr); return 2
+            say("cannot run:\n" + "\n".join(f"- {p}" for p in problems), file=sys.stderr); return 2
         resources = None
         if dry_run:  # memory and time per stage and accelerator (11_resources); an unreadable model config is a UserError
             from persona_vectors.resources import resource_plan
@@ -50,7 +52,7 @@ def run_study(config: str, # config file or name in configs/
             except ValueError as e:
                 if isinstance(e, UserError): raise
                 print(f"note: no resource plan: {e}", file=sys.stderr)
-        print(plan(cfg).to_markdown(index=False))
+        say(plan(cfg).to_markdown(index=False))
         if dry_run:
             if resources is not None:
                 from persona_vectors.resources import plan_markdown
@@ -63,7 +65,7 @@ def run_study(config: str, # config file or name in configs/
             d = study.run_stages(want or None)
         finally:
             if previous is not None: signal.signal(signal.SIGINT, previous)
-        print(f"done in {time.time()-t0:.0f}s ({(time.time()-t0)/60:.1f} min): {d/'report.md'}")
+        say(f"done in {time.time()-t0:.0f}s ({(time.time()-t0)/60:.1f} min): {d/'report.md'}")
         return 0
     except UserError as e:
         if debug: traceback.print_exc()

@@ -285,10 +285,11 @@ def process_problems(cfg: StudyConfig, # a validated config
                     ) -> list[str]:
     "What stops a config from running on `n_processes` data-parallel processes."
     p, d = [], cfg.distillation
-    if n_processes > 1 and (d.variants or d.trajectory_counts) and d.batch_size % n_processes:
+    trains = (not cfg.stages or "distillation" in cfg.stages) and (d.variants or d.trajectory_counts)
+    if n_processes > 1 and trains and d.batch_size % n_processes:
         p.append(f"distillation.batch_size = {d.batch_size} does not split over {n_processes} processes: the global batch is kept "
                  f"whatever the number of processes, so it must be a multiple of {n_processes} (or launch "
-                 f"{', '.join(str(k) for k in range(1, d.batch_size + 1) if d.batch_size % k == 0)} processes)")
+                 f"a number of processes among {[k for k in range(1, d.batch_size + 1) if d.batch_size % k == 0]})")
     if n_processes > 1 and cfg.model.device.startswith("cuda:"):
         p.append(f"model.device = {cfg.model.device!r} with {n_processes} processes: every process would use that one GPU; use 'auto'")
     return p
