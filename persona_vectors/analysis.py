@@ -145,19 +145,20 @@ def compare_runs(directory: str | Path, # a run directory ("this run")
     "The headline number of every stage both runs finished: this run's, the other's, their difference and relative difference."
     a, b = RunView(directory), RunView(other)
     rows = []
-    def add(stage, metric, x, y):
+    def add(stage, metric, x, y, se=float("nan")):
         if x is None or y is None: return
         rows.append(dict(stage=stage, metric=metric, this_run=x, other_run=y, difference=x - y,
-                         relative=(x - y) / abs(y) if y else float("nan")))
+                         relative=(x - y) / abs(y) if y else float("nan"), two_se=2 * se))
+    se = lambda s, t: ((s["std"] ** 2 / s["n"] + t["std"] ** 2 / t["n"]) ** 0.5) if min(s["n"], t["n"]) > 1 else float("nan")
     both = [k for k in a.manifest if k in b.manifest and a.manifest[k].get("status") == b.manifest[k].get("status") == "done"]
     for k in both:
         sa, sb = a.manifest[k]["summary"] or {}, b.manifest[k]["summary"] or {}
         if k == "vector": add(k, "AUROC at the monitor layer", sa.get("auroc_at_monitor_layer"), sb.get("auroc_at_monitor_layer"))
         if k.startswith(("steer/", "distilled/", "counts/")):
             for m in ("trait_index", "logprob"):
-                if isinstance(sa.get(m), dict) and isinstance(sb.get(m), dict): add(k, f"{m} (mean)", sa[m]["mean"], sb[m]["mean"])
+                if isinstance(sa.get(m), dict) and isinstance(sb.get(m), dict): add(k, f"{m} (mean)", sa[m]["mean"], sb[m]["mean"], se(sa[m], sb[m]))
         if k.startswith(("distilled/", "counts/")): add(k, "gap recovered", sa.get("gap_recovered"), sb.get("gap_recovered"))
-    return pd.DataFrame(rows, columns=["stage", "metric", "this_run", "other_run", "difference", "relative"])
+    return pd.DataFrame(rows, columns=["stage", "metric", "this_run", "other_run", "difference", "relative", "two_se"])
 
 # %% ../nbs/07_analysis.ipynb #ae3d1427
 def write_report(directory: str | Path, # a run directory
@@ -210,10 +211,13 @@ def write_report(directory: str | Path, # a run directory
         other = Path(cfg["compare_to"])
         if not (other/"manifest.json").exists(): parts += [f"## Against {other}", "", f"`compare_to` = {str(other)!r}: not a run directory.", ""]
         else:
-            o = RunView(other).config
-            section(f"Against {other}", compare_runs(d, other), "comparison", ["stage", "metric"], note=
-                    f"This run ({cfg['model'].get('dtype', 'auto')}) beside `{other}` ({o['model'].get('dtype', 'auto')}): the headline number "
-                    "of every stage both finished; `relative` = difference / |other run|.")
+            o, ct = RunView(other).config, compare_runs(d, other)
+            atomic_write(d/"tables"/"comparison.csv", ct.to_csv(index=False))
+            md = ct.to_markdown(index=False, floatfmt=".4g"); atomic_write(d/"tables"/"comparison.md", md + "\n")
+            parts += [f"## Against {other}", "", f"This run ({cfg['model'].get('dtype', 'auto')}) beside `{other}` "
+                      f"({o['model'].get('dtype', 'auto')}): the headline number of every stage both finished; "
+                      "`relative` = difference / |other run|; `two_se` = twice the standard error of the difference of two means "
+                      "over answers (different precisions sample different answers: a difference within it is sampling noise).", "", md, ""]
     secs = {k: v.get("seconds") for k, v in run.manifest.items() if v.get("status") == "done"}
     parts += ["## Stages", "", pd.DataFrame([dict(stage=k, seconds=v) for k, v in secs.items()]).to_markdown(index=False), ""]
     return atomic_write(d/"report.md", "\n".join(parts))
