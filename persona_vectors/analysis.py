@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from .records import read_json, atomic_write, RecordLog
-from .steering import summary_row, sweep_table, write_table, plot_sweep, save_figure, METRICS, EVAL_KEY
+from .steering import summary_row, sweep_table, write_table, plot_sweep, save_figure, readable, METRICS, EVAL_KEY
 
 # %% auto #0
 __all__ = ['DISTILL_COLS', 'DEMO_FILES', 'RunView', 'steering_rows', 'coefficient_table', 'layer_table', 'baselines_table',
@@ -236,10 +236,11 @@ def headline(directory: str | Path, # a run directory
     dt = distillation_table(run)
     if len(dt):
         fmt = lambda x, d=1: "" if x is None or pd.isna(x) else f"{x:.{d}f}"
-        params = lambda x: "" if x is None or pd.isna(x) else f"{int(x):,}"
+        side = run.dir/"vector"/"persona.json"  # the bake adds one bias of the hidden size
+        bias = f"{read_json(side)['hidden_size']:,}" if side.exists() else "—"
         rows = [{"variant": r["variant"], "trait index": f"{fmt(r['trait_index_mean'])} ± {fmt(r['trait_index_std'])}",
                  "log-prob": fmt(r["logprob_mean"], 2), "gap recovered": fmt(r.get("gap_recovered"), 3),
-                 "trainable params": "none (a bias)" if str(r["variant"]).startswith("bake") else params(r.get("trainable_params"))}
+                 "trainable params": f"{bias} (one bias)" if str(r["variant"]).startswith("bake") else readable(r.get("trainable_params"), "trainable_params")}
                 for _, r in dt.iterrows()]
         out += ["", pd.DataFrame(rows).to_markdown(index=False)]
     mins = sum(v.get("seconds") or 0 for v in run.manifest.values()) / 60

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Sequence, Iterable
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 from safetensors.torch import save_file, load_file
 from .models import (Sampling, chat_prompt_ids, generate_logged, decoder_layers, hidden_size, base_model, padded_batch)
@@ -18,8 +19,8 @@ from .records import atomic_write, write_json, read_json, RecordLog
 from .parallel import gather_shards, is_main
 
 # %% auto #0
-__all__ = ['CONTRASTIVE_KEY', 'VARIANTS', 'contrastive_prompts', 'contrastive_answers', 'filter_pairs', 'activation_means',
-           'persona_vector', 'extract', 'save_vector', 'load_vector', 'export_pt', 'import_pt']
+__all__ = ['CONTRASTIVE_KEY', 'VARIANTS', 'contrastive_prompts', 'contrastive_answers', 'filter_pairs', 'final_norm',
+           'activation_means', 'persona_vector', 'extract', 'save_vector', 'load_vector', 'export_pt', 'import_pt']
 
 # %% ../nbs/03_extraction.ipynb #f7c10f6f
 def contrastive_prompts(tokenizer, # the model's tokenizer
@@ -90,42 +91,64 @@ def filter_pairs(records: Sequence[dict], # contrastive answers with `trait_scor
     return kept
 
 # %% ../nbs/03_extraction.ipynb #03c7d5e1
+_FINAL_NORMS = ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.final_layernorm")
+
+def final_norm(model: nn.Module, # a transformers causal LM, possibly PEFT-wrapped
+              ) -> nn.Module:
+    "The norm after the last decoder block, whose output is `hidden_states[L]` (the head's input)."
+    m = base_model(model)
+    for path in _FINAL_NORMS:
+        obj = m
+        for part in path.split("."): obj = getattr(obj, part, None) if obj is not None else None
+        if isinstance(obj, nn.Module): return obj
+    raise ValueError(f"cannot find the final norm of {type(m).__name__}; looked for {_FINAL_NORMS}")
+
 @torch.no_grad()
 def _means_of(model, seqs, batch_size, logprob, pad_id, dtype, layers, progress) -> dict[str, torch.Tensor]:
-    "The body of `activation_means` on one process's sequences."
+    "The body of `activation_means` on one process's sequences: every layer reduced as the forward pass produces it."
     device = next(model.parameters()).device
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))
-    layers = list(range(len(decoder_layers(model)) + 1)) if layers is None else list(layers)
+    blocks = decoder_layers(model); L = len(blocks)
+    layers = list(range(L + 1)) if layers is None else list(layers)
     N, L1, H = len(seqs), len(layers), hidden_size(model)
     out = {v: torch.zeros(N, L1, H, dtype=dtype) for v in VARIANTS}
     up = lambda x: x if x.dtype in (torch.float32, torch.float64) else x.float()  # bf16/fp16 -> float32, never down
     if logprob: out["response_logprob"] = torch.zeros(N, dtype=torch.float64)
-    for start in tqdm(range(0, N, batch_size), desc="activations", disable=not progress, leave=False):
-        idx = order[start:start + batch_size]
-        batch = padded_batch([seqs[i][0] for i in idx], pad_id, device)
-        ids, am = batch["input_ids"], batch["attention_mask"]
-        # no [B, T, vocab] logits: the log-probs below apply the head row by row (the forward needs one position)
-        o = model(**batch, output_hidden_states=True, logits_to_keep=1)
-        T = ids.shape[1]
-        lens = am.sum(-1)
-        # each row's own positions (left padding: the first real token, then the prompt, then the response), reduced
-        # in order: a sequence's means come out the same, bit for bit, whatever it is batched with (12_parallel)
-        spans = [(int(T - lens[b]), seqs[i][1]) for b, i in enumerate(idx)]
-        rows = {"prompt_avg": lambda h, f, p: h[f:f + p].mean(0), "response_avg": lambda h, f, p: h[f + p:].mean(0),
-                "prompt_last": lambda h, f, p: h[f + p - 1]}
-        for j, l in enumerate(layers):  # one layer at a time: no [B, L+1, T, H] copy of the hidden states
-            h = up(o.hidden_states[l])
-            for v, fn in rows.items():
-                out[v][idx, j] = torch.stack([fn(h[b], f, p) for b, (f, p) in enumerate(spans)]).to(dtype).cpu()
-        if logprob:  # log-prob of response token t, from the head on the final hidden state at t-1, one sequence at a time
-            head, hN = model.get_output_embeddings(), o.hidden_states[-1]
-            cap = getattr(base_model(model).config, "final_logit_softcapping", None)  # Gemma 2's tanh cap on the logits
-            lps = []
-            for b, (f, p) in enumerate(spans):  # a [n, hidden] product of this row alone (a fresh copy: same shape, same kernel)
-                lg = up(head(hN[b, f + p - 1:-1].clone()))
-                if cap: lg = torch.tanh(lg / cap) * cap
-                lps.append(torch.log_softmax(lg, -1).gather(-1, ids[b, f + p:, None])[:, 0].double().mean())
-            out["response_logprob"][idx] = torch.stack(lps).cpu()
+    # each row's own positions (left padding: the first real token, then the prompt, then the response), reduced
+    # in order: a sequence's means come out the same, bit for bit, whatever it is batched with (12_parallel)
+    rows = {"prompt_avg": lambda h, f, p: h[f:f + p].mean(0), "response_avg": lambda h, f, p: h[f + p:].mean(0),
+            "prompt_last": lambda h, f, p: h[f + p - 1]}
+    now = {}  # the batch being read: its rows and spans, and the final hidden states when they are needed
+    def reduce(j, h):  # one layer of the batch into the means, as soon as its block returns it: no layer is kept
+        h = up(h[0] if isinstance(h, tuple) else h)
+        for v, fn in rows.items():
+            out[v][now["idx"], j] = torch.stack([fn(h[b], f, p) for b, (f, p) in enumerate(now["spans"])]).to(dtype).cpu()
+    hooks = []  # after any steering hook (those are prepended), like transformers' own recording of hidden_states
+    for j, l in enumerate(layers):
+        if l == 0: hooks.append(blocks[0].register_forward_pre_hook(lambda m, a, kw, j=j: reduce(j, a[0] if a else kw["hidden_states"]), with_kwargs=True))
+        elif l < L: hooks.append(blocks[l - 1].register_forward_hook(lambda m, a, o, j=j: reduce(j, o)))
+    if L in layers or logprob: hooks.append(final_norm(model).register_forward_hook(lambda m, a, o: now.__setitem__("final", o)))
+    try:
+        for start in tqdm(range(0, N, batch_size), desc="activations", disable=not progress, leave=False):
+            idx = order[start:start + batch_size]
+            batch = padded_batch([seqs[i][0] for i in idx], pad_id, device)
+            ids, T = batch["input_ids"], batch["input_ids"].shape[1]
+            lens = batch["attention_mask"].sum(-1)
+            now.update(idx=idx, spans=[(int(T - lens[b]), seqs[i][1]) for b, i in enumerate(idx)])
+            model(**batch, logits_to_keep=1)  # no hidden_states kept, no [B, T, vocab] logits
+            if L in layers: reduce(layers.index(L), now["final"])
+            if logprob:  # log-prob of response token t, from the head on the final hidden state at t-1, one sequence at a time
+                head, hN = model.get_output_embeddings(), now["final"]
+                cap = getattr(base_model(model).config, "final_logit_softcapping", None)  # Gemma 2's tanh cap on the logits
+                lps = []
+                for b, (f, p) in enumerate(now["spans"]):  # a [n, hidden] product of this row alone (a fresh copy: same shape, same kernel)
+                    lg = up(head(hN[b, f + p - 1:-1].clone()))
+                    if cap: lg = torch.tanh(lg / cap) * cap
+                    lps.append(torch.log_softmax(lg, -1).gather(-1, ids[b, f + p:, None])[:, 0].double().mean())
+                out["response_logprob"][idx] = torch.stack(lps).cpu()
+            now.pop("final", None)
+    finally:
+        for h in hooks: h.remove()
     return out
 
 VARIANTS = ("response_avg", "prompt_avg", "prompt_last")

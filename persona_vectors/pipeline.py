@@ -182,16 +182,17 @@ def load_config(path: str | Path, # a TOML file, or the name of a config in conf
     return validate_config(raw, str(p))
 
 def config_dir() -> Path:
-    "The repository's configs/ directory."
-    return Path(__file__).resolve().parent.parent / "configs" if "__file__" in globals() else Path("../configs").resolve()
+    "The configs shipped inside the package (`configs/` at the top of the repository is a link to it)."
+    from importlib.resources import files
+    return Path(str(files("persona_vectors")/"configs"))
 
 def resolve_config_path(path: str | Path) -> Path:
-    "A config file path, or configs/<name>.toml for a bare name."
+    "A config file path, or the name of a shipped config ('demo', 'reference', ...), from any working directory."
     p = Path(path)
-    if p.exists(): return p
-    for c in (config_dir()/f"{path}.toml", Path("configs")/f"{path}.toml", Path("../configs")/f"{path}.toml"):
-        if c.exists(): return c
-    raise ConfigError(f"no config {str(path)!r}: not a file, and no configs/{path}.toml")
+    if p.is_file(): return p
+    if p.suffix != ".toml" and (config_dir()/f"{path}.toml").is_file(): return config_dir()/f"{path}.toml"
+    names = sorted(x.stem for x in config_dir().glob("*.toml"))
+    raise ConfigError(f"no config {str(path)!r}: not a file, and not one of the shipped configs {names}")
 
 # %% ../nbs/06_pipeline.ipynb #97d44286
 def _reachable(url: str, timeout: float = 3.0) -> bool:
@@ -808,6 +809,7 @@ def bake(self: Study):
         bake_steering(baked, Steering(self.steering_vector(), st.layer, st.alpha, "all"))
         save_baked(baked, t, out/"model")
         summ = self._evaluate_student(baked, out/"eval", "bake ('all' positions, exact)", base=m)
+        summ["trainable_params"] = int(self.steering_vector().shape[-1])  # what the bake adds: one bias of hidden size
         del baked
         return summ
     return self.run.stage("distilled/bake", inputs, ["trajectories"], fn)

@@ -25,7 +25,7 @@ from .records import RecordLog, atomic_write
 # %% auto #0
 __all__ = ['POSITIONS', 'NEUTRAL_SYSTEM', 'METRICS', 'EVAL_KEY', 'Steering', 'steering_mask', 'Steerer', 'steer',
            'generated_vs_forward', 'unadapted', 'auroc', 'Monitor', 'heldout_separation', 'describe', 'setting_label',
-           'evaluate', 'sweep', 'summary_row', 'sweep_table', 'write_table', 'plot_sweep', 'save_figure']
+           'evaluate', 'sweep', 'summary_row', 'readable', 'sweep_table', 'write_table', 'plot_sweep', 'save_figure']
 
 # %% ../nbs/04_steering.ipynb #4a732d0e
 POSITIONS = ("all", "prompt", "response")
@@ -394,6 +394,22 @@ def summary_row(summary: dict, # from `evaluate`
             row[f"{m_}_mean"], row[f"{m_}_std"], row[f"{m_}_none"] = summary[m_]["mean"], summary[m_]["std"], summary[m_]["n_none"]
     return row
 
+# %% ../nbs/04_steering.ipynb #f22b1813
+def readable(x, # a table cell's value
+             column: str = "", # its column name ('..._params' and 'n_...' are counts)
+            ) -> str:
+    "A number for reading: counts as 576 / 2.44 M / 134.6 M / 7.62 B, other floats with 3 decimals, missing as '—'."
+    import math
+    if x is None or (isinstance(x, float) and math.isnan(x)): return "—"
+    if isinstance(x, bool) or not isinstance(x, (int, float)): return str(x)
+    count = column.endswith("params") or column.startswith("n_") or isinstance(x, int) or float(x).is_integer() and column in ("layer", "steps")
+    if not count: return f"{x:.3f}"
+    for unit, s in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= s and abs(x) >= 1e4:
+            v = x / s
+            return f"{v:.3g} {unit}" if abs(v) < 100 else f"{v:.1f} {unit}"
+    return f"{int(round(x)):,}"
+
 # %% ../nbs/04_steering.ipynb #361350d5
 def sweep_table(df, # rows from `sweep` (or any summary rows)
                 keys: Sequence[str], # leading columns
@@ -401,7 +417,9 @@ def sweep_table(df, # rows from `sweep` (or any summary rows)
                ) -> str:
     "A markdown table: one 'mean ± std' column per metric, plus the count of None where any."
     import pandas as pd
-    out = df[list(keys)].copy()
+    out = df[list(keys)].astype(object).copy()
+    for k in keys:
+        if k not in ("alpha",): out[k] = [readable(x, k) for x in df[k]]
     for m_ in METRICS:
         if f"{m_}_mean" not in df: continue
         fmt = lambda r: "—" if pd.isna(r[f"{m_}_mean"]) else f"{r[f'{m_}_mean']:.{digits if m_ != 'logprob' and m_ != 'projection' else 3}f} ± {r[f'{m_}_std']:.{digits if m_ != 'logprob' and m_ != 'projection' else 3}f}"
