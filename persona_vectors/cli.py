@@ -8,12 +8,12 @@ Docs: https://persona-vectors.github.io/persona_vectors/cli.html.md"""
 from __future__ import annotations
 import sys, time, os, signal, shlex, threading, traceback
 from pathlib import Path
-from fastcore.script import call_parse
-from .models import load_model, chat, DEFAULT_MODEL, Sampling
+
+from .models import load_model, DEFAULT_MODEL, Sampling
 from .parallel import is_main
 
 # %% auto #0
-__all__ = ['run_study', 'main']
+__all__ = ['COMMANDS', 'run_study', 'run', 'demo', 'chat', 'extract', 'main']
 
 # %% ../nbs/08_cli.ipynb #deca52da
 def _stop_on_sigint():
@@ -81,27 +81,120 @@ def run_study(config: str, # config file or name in configs/
               f"Rerun the same command to resume where it stopped:\n  {cmd}", file=sys.stderr)
         return 130
 
-# %% ../nbs/08_cli.ipynb #e9133622
-@call_parse(pos=["command", "config"])
-def main(command: str = "chat", # `run` a study config, `demo` (= run demo), or `chat` with a model
-         config: str = "demo", # for `run`: a config file or a name in configs/ (demo, reference, baselines)
-         stages: str = "", # for `run`: comma-separated stage groups (artifacts, extraction, vector, sweeps, distillation, baselines, report)
-         set: str = "", # for `run`: overrides 'section.key=value', separated by ';'
-         run_dir: str = None, # for `run`: the run directory (default runs/<name>)
-         dry_run: bool = False, # for `run`: check the config and print the stages, sizes and judge calls, then exit
-         debug: bool = False, # for `run`: show the traceback of user errors (config, files, a busy run directory)
-         prompt: str = "In two sentences, what is a persona vector in a language model?", # the user message for `chat`
-         model: str = DEFAULT_MODEL, # for `chat`: packaged alias, local path or hub id
-         system: str = None, # system prompt for `chat`
-         max_new_tokens: int = 96, # largest answer length for `chat`
-        ):
-    "persona-vectors: run a study from a config, or chat with a model."
-    if command in ("run", "demo"):
-        sys.exit(run_study("demo" if command == "demo" else config, stages, set, run_dir, dry_run, debug))
-    elif command == "chat":
-        t0 = time.time()
-        m, tok = load_model(model)
-        print(f"[{model} loaded in {time.time()-t0:.1f}s]", file=sys.stderr)
-        print(chat(m, tok, prompt, system=system, sampling=Sampling(greedy=True, max_new_tokens=max_new_tokens)))
-    else:
-        raise SystemExit(f"unknown command {command!r}; expected one of: run, demo, chat")
+# %% ../nbs/08_cli.ipynb #3b04f9df
+def run(config: str = "demo", # a config file, or the name of a shipped config (demo, reference, baselines)
+        stages: str = "", # comma-separated stage groups (artifacts, extraction, vector, sweeps, distillation, baselines, report)
+        set: str = "", # overrides 'section.key=value', separated by ';'
+        run_dir: str = None, # the run directory (default runs/<name>)
+        dry_run: bool = False, # check the config and print the stages, sizes, judge calls and resource plan, then exit
+        debug: bool = False, # show the traceback of user errors (config, files, a busy run directory)
+       ) -> int:
+    "Run a study from a config (or print its plan with --dry-run)."
+    return run_study(config, stages, set, run_dir, dry_run, debug)
+
+def demo(stages: str = "", # comma-separated stage groups (default: all)
+         run_dir: str = None, # the run directory (default runs/demo)
+         dry_run: bool = False, # print the plan and exit
+        ) -> int:
+    "The demo study on the packaged SmolLM2, offline (= run demo)."
+    return run_study("demo", stages, "", run_dir, dry_run)
+
+# %% ../nbs/08_cli.ipynb #4f1dda9a
+def _steering_from_file(model, vector: str, layer: int | None, alpha: float, positions: str, variant: str):
+    "A `Steering` from a persona vector file, checked against the model it will steer."
+    from persona_vectors.extraction import load_vector
+    from persona_vectors.models import decoder_layers, hidden_size
+    from persona_vectors.steering import Steering
+    from persona_vectors.pipeline import ConfigError
+    try: vecs, meta = load_vector(vector)
+    except (FileNotFoundError, ValueError) as e: raise ConfigError(f"--vector: {e}") from None
+    if variant not in vecs: raise ConfigError(f"--vector {vector}: no variant {variant!r}; it has {sorted(vecs)}")
+    v, L, H = vecs[variant], len(decoder_layers(model)), hidden_size(model)
+    if tuple(v.shape) != (L + 1, H):
+        raise ConfigError(f"--vector {vector} was extracted from {meta.get('model', 'another model')!r} ([{v.shape[0]}, {v.shape[1]}]: "
+                          f"{v.shape[0] - 1} layers, hidden size {v.shape[1]}); this model has {L} layers and hidden size {H}")
+    layer = layer if layer is not None else L // 2
+    if not 1 <= layer <= L: raise ConfigError(f"--layer {layer}: this model's layers are 1..{L}")
+    return Steering(v, layer, alpha, positions)
+
+def chat(prompt: str = None, # the user message (none on a terminal: a conversation loop, one message a line)
+         model: str = DEFAULT_MODEL, # packaged alias, local path or hub id
+         system: str = None, # system prompt
+         max_new_tokens: int = 96, # largest answer length
+         vector: str = None, # a persona vector file (.safetensors from `extract` or a run's vector/persona.safetensors) to steer with
+         layer: int = None, # the layer to steer at (default: the middle block)
+         alpha: float = None, # the steering coefficient (needs --vector)
+         positions: str = "response", # steered positions: 'response', 'all' or 'prompt'
+         variant: str = "response_avg", # which vector of the file: response_avg, prompt_avg or prompt_last
+        ) -> int:
+    "Chat with a model, optionally steered by a persona vector (greedy decoding)."
+    from persona_vectors.models import generate
+    from persona_vectors.models import chat_prompt_ids
+    from persona_vectors.steering import steer
+    from persona_vectors.pipeline import ConfigError
+    if vector is None and (alpha is not None or layer is not None):
+        raise ConfigError("--alpha and --layer steer with a vector: pass --vector FILE too")
+    t0 = time.time()
+    m, tok = load_model(model)
+    print(f"[{model} loaded in {time.time()-t0:.1f}s]", file=sys.stderr)
+    s = _steering_from_file(m, vector, layer, 2.0 if alpha is None else alpha, positions, variant) if vector else None
+    if s: print(f"[steering: layer {s.layer}, alpha {s.alpha:g}, {s.positions} positions, {vector}]", file=sys.stderr)
+    def answer(text):
+        g = generate(m, tok, [chat_prompt_ids(tok, text, system)], sampling=Sampling(greedy=True, max_new_tokens=max_new_tokens),
+                     context=steer(m, s) if s else None, progress=False)
+        return g[0].text
+    if prompt is not None: print(answer(prompt)); return 0
+    if not sys.stdin.isatty(): print(answer(sys.stdin.read().strip() or "Hello!")); return 0
+    while True:
+        try: text = input("you> ").strip()
+        except EOFError: return 0
+        if text: print(answer(text))
+
+# %% ../nbs/08_cli.ipynb #a29e0715
+def extract(out: str = "persona_vector.safetensors", # where the vector goes (.safetensors, with a .json sidecar)
+            trait: str = "pirate", # a built-in trait name or a trait JSON file
+            model: str = DEFAULT_MODEL, # packaged alias, local path or hub id
+            n_questions: int = 10, # use the trait's first n extraction questions
+            n_per_question: int = 1, # answers per question, instruction pair and side
+            max_new_tokens: int = 48, # answer length
+            batch_size: int = 20, # sequences per batch
+            seed: int = 0, # sampling seed
+           ) -> int:
+    "Extract a persona vector from a trait and a model (every answer kept: no judge) and write it to a file."
+    from persona_vectors.artifacts import load_trait
+    from persona_vectors.extraction import contrastive_answers, extract as extract_vectors, save_vector
+    t0 = time.time()
+    m, tok = load_model(model); tr = load_trait(trait)
+    recs = contrastive_answers(m, tok, tr, n=n_per_question, sampling=Sampling(max_new_tokens=max_new_tokens, seed=seed),
+                               questions=tr.extract_questions[:n_questions], batch_size=batch_size)
+    recs = [r for r in recs if r["response_ids"]]
+    vecs = extract_vectors(m, recs, batch_size=batch_size)
+    n_pos = sum(r["side"] == "pos" for r in recs)
+    save_vector(out, vecs, dict(model=model, trait=tr.name, n_pos=n_pos, n_neg=len(recs) - n_pos, filtered=False))
+    print(f"{out}: {len(vecs)} variants of [{vecs['response_avg'].shape[0]}, {vecs['response_avg'].shape[1]}] from "
+          f"{n_pos} pos / {len(recs) - n_pos} neg answers in {time.time()-t0:.0f}s")
+    return 0
+
+# %% ../nbs/08_cli.ipynb #3db68fed
+COMMANDS = {"run": run, "demo": demo, "chat": chat, "extract": extract}
+
+def main(argv: list[str] | None = None, # the arguments (default sys.argv[1:])
+        ) -> int:
+    "persona-vectors COMMAND [options]: run a study, the demo, chat with a (steered) model, extract a vector."
+    from fastcore.script import anno_parser
+    from persona_vectors.pipeline import UserError
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: persona-vectors COMMAND [options]   (persona-vectors COMMAND --help for its options)\n\ncommands:")
+        for k, f in COMMANDS.items(): print(f"  {k:8s} {f.__doc__}")
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"persona-vectors: unknown command {argv[0]!r}; expected one of {list(COMMANDS)}", file=sys.stderr); return 2
+    f = COMMANDS[argv[0]]
+    args = vars(anno_parser(f, prog=f"persona-vectors {argv[0]}", pos=["config"] if argv[0] == "run" else None).parse_args(argv[1:]))
+    args.pop("pdb", None); args.pop("xtra", None)
+    try: return f(**args) or 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr); return 2
+
+if __name__ == "__main__" and "get_ipython" not in globals(): sys.exit(main())  # python -m persona_vectors.cli, not a notebook
