@@ -79,8 +79,11 @@ def distillation_table(run: RunView) -> pd.DataFrame:
     st = run.config["steering"]
     for name, label in ((f"steer/base", "base (unsteered)"), (f"steer/L{st['layer']}_a{st['alpha']:g}", f"steered teacher (L{st['layer']}, alpha {st['alpha']:g}, {st['positions']})")):
         if name in run.done(name): rows.append(summary_row(run.manifest[name]["summary"], variant=label))
+    side = run.dir/"vector"/"persona.json"
     for name, e in sorted(run.done("distilled/").items()):
-        s = e["summary"]; rows.append(dict(summary_row(s, variant=s.get("variant", name.split("/", 1)[1])), **{k: s.get(k) for k in DISTILL_COLS}))
+        s = e["summary"]; row = dict(summary_row(s, variant=s.get("variant", name.split("/", 1)[1])), **{k: s.get(k) for k in DISTILL_COLS})
+        if name == "distilled/bake" and side.exists(): row["trainable_params"] = read_json(side)["hidden_size"]  # the one bias it adds
+        rows.append(row)
     return pd.DataFrame(rows)
 
 # %% ../nbs/07_analysis.ipynb #8a3bbd0b
@@ -236,11 +239,10 @@ def headline(directory: str | Path, # a run directory
     dt = distillation_table(run)
     if len(dt):
         fmt = lambda x, d=1: "" if x is None or pd.isna(x) else f"{x:.{d}f}"
-        side = run.dir/"vector"/"persona.json"  # the bake adds one bias of the hidden size
-        bias = f"{read_json(side)['hidden_size']:,}" if side.exists() else "—"
+
         rows = [{"variant": r["variant"], "trait index": f"{fmt(r['trait_index_mean'])} ± {fmt(r['trait_index_std'])}",
                  "log-prob": fmt(r["logprob_mean"], 2), "gap recovered": fmt(r.get("gap_recovered"), 3),
-                 "trainable params": f"{bias} (one bias)" if str(r["variant"]).startswith("bake") else readable(r.get("trainable_params"), "trainable_params")}
+                 "trainable params": readable(r.get("trainable_params"), "trainable_params") + (" (one bias)" if str(r["variant"]).startswith("bake") else "")}
                 for _, r in dt.iterrows()]
         out += ["", pd.DataFrame(rows).to_markdown(index=False)]
     mins = sum(v.get("seconds") or 0 for v in run.manifest.values()) / 60
