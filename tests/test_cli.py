@@ -34,23 +34,30 @@ def test_each_command_lists_only_its_options(capsys):
     p = cli("frobnicate"); assert p.returncode == 2 and "unknown command 'frobnicate'" in p.stderr
 
 
-@pytest.mark.slow
-def test_extract_then_chat_steered(tmp_path):
+def run_main(capsys, *argv):
+    "The command line in this process (the tiny models load in well under a second; no interpreter start-up per call)."
+    from persona_vectors.cli import main
+    rc = main([str(a) for a in argv]); out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_extract_then_chat_steered(tmp_path, capsys):
     "A vector extracted from a tiny model steers its chat: alpha 8 changes the greedy answer."
     from persona_vectors.models import tiny_model
     m, t = tiny_model("llama"); m.save_pretrained(tmp_path/"model"); t.save_pretrained(tmp_path/"model")
-    p = cli("extract", "--model", tmp_path/"model", "--out", tmp_path/"v.safetensors", "--n-questions", 2, "--max-new-tokens", 8)
-    assert p.returncode == 0 and (tmp_path/"v.json").exists(), p.stdout + p.stderr[-2000:]
+    rc, out, err = run_main(capsys, "extract", "--model", tmp_path/"model", "--out", tmp_path/"v.safetensors", "--n-questions", 2,
+                            "--max-new-tokens", 8)
+    assert rc == 0 and (tmp_path/"v.json").exists() and "v.safetensors: 3 variants of [5, 64]" in out, out + err
     answers = {}
     for a in (None, 8):
         steer = [] if a is None else ["--vector", tmp_path/"v.safetensors", "--layer", 2, "--alpha", a]
-        p = cli("chat", "--model", tmp_path/"model", "--prompt", "Tell me about ships.", "--max-new-tokens", 12, *steer)
-        assert p.returncode == 0, p.stderr[-2000:]
-        answers[a] = p.stdout.strip()
+        rc, out, err = run_main(capsys, "chat", "--model", tmp_path/"model", "--prompt", "Tell me about ships.", "--max-new-tokens", 12, *steer)
+        assert rc == 0, err
+        answers[a] = out.strip()
     assert answers[None] != answers[8], answers  # (alpha 0 leaving the answer unchanged is 04_steering's test)
     # bad input: a coefficient without a vector; a vector from another model
-    p = cli("chat", "--model", tmp_path/"model", "--prompt", "hi", "--alpha", 2)
-    assert p.returncode == 2 and "pass --vector FILE too" in p.stderr, p.stderr
+    rc, out, err = run_main(capsys, "chat", "--model", tmp_path/"model", "--prompt", "hi", "--alpha", 2)
+    assert rc == 2 and "pass --vector FILE too" in err, err
     m2, t2 = tiny_model("llama", hidden=32); m2.save_pretrained(tmp_path/"other"); t2.save_pretrained(tmp_path/"other")
-    p = cli("chat", "--model", tmp_path/"other", "--prompt", "hi", "--vector", tmp_path/"v.safetensors", "--layer", 2)
-    assert p.returncode == 2 and "hidden size 64" in p.stderr and "hidden size 32" in p.stderr, p.stderr
+    rc, out, err = run_main(capsys, "chat", "--model", tmp_path/"other", "--prompt", "hi", "--vector", tmp_path/"v.safetensors", "--layer", 2)
+    assert rc == 2 and "hidden size 64" in err and "hidden size 32" in err, err
