@@ -16,7 +16,7 @@ Checks, each against a float32 run of the same model in the same process:
 4. **Benchmarks**: `python -m bench.run --only steering,extraction,distillation` on CUDA (bf16), its rows copied in.
 """
 from __future__ import annotations
-import argparse, json, sys, time
+import argparse, copy, json, shutil, sys, time
 from pathlib import Path
 
 import torch
@@ -31,7 +31,8 @@ def _models(device: str, smoke: bool):
     from persona_vectors.models import load_model, tiny_model
     if smoke:
         m, t = tiny_model("llama")
-        return (m.to(device, torch.float32).eval(), t), (tiny_model("llama")[0].to(device, torch.bfloat16).eval(), t)
+        m = m.to(device, torch.float32).eval()
+        return (m, t), (copy.deepcopy(m).to(torch.bfloat16), t)
     return load_model(device=device, dtype="float32"), load_model(device=device, dtype="bfloat16")
 
 
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     f32, b16 = _models(device, args.smoke_cpu)
     out = Path(args.out); work = out/".gpu_check_work"
-    import shutil; shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
     from persona_vectors.extraction import contrastive_prompts
     from persona_vectors.artifacts import load_trait
     from persona_vectors.models import generate, Sampling
@@ -158,7 +159,7 @@ def main(argv=None) -> int:
     if device == "cuda" and not args.no_bench:
         from . import run as bench_run
         bench_run.main(["--only", "steering,extraction,distillation", "--out", str(out/"gpu")])
-        r["bench"] = str((out/"gpu"/"latest.md").relative_to(ROOT)) if (out/"gpu"/"latest.md").is_relative_to(ROOT) else str(out/"gpu"/"latest.md")
+        r["bench"] = str(out/"gpu"/"latest.md")
     r["verdicts"], r["wall_s"] = verdicts(r), time.time() - t0
     name = "gpu_check_smoke" if args.smoke_cpu else "gpu_check"
     write_json(out/f"{name}.json", r); atomic_write(out/f"{name}.md", markdown(r))

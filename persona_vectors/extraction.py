@@ -12,6 +12,7 @@ from typing import Sequence, Iterable
 
 import torch
 from torch import nn
+from fastcore.basics import nested_attr
 from tqdm.auto import tqdm
 from safetensors.torch import save_file, load_file
 from .models import (Sampling, chat_prompt_ids, generate_logged, decoder_layers, hidden_size, base_model, padded_batch)
@@ -97,10 +98,8 @@ def final_norm(model: nn.Module, # a transformers causal LM, possibly PEFT-wrapp
               ) -> nn.Module:
     "The norm after the last decoder block, whose output is `hidden_states[L]` (the head's input)."
     m = base_model(model)
-    for path in _FINAL_NORMS:
-        obj = m
-        for part in path.split("."): obj = getattr(obj, part, None) if obj is not None else None
-        if isinstance(obj, nn.Module): return obj
+    found = [x for x in (nested_attr(m, p, None) for p in _FINAL_NORMS) if isinstance(x, nn.Module)]
+    if found: return found[0]
     raise ValueError(f"cannot find the final norm of {type(m).__name__}; looked for {_FINAL_NORMS}")
 
 @torch.no_grad()

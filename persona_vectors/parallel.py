@@ -98,8 +98,7 @@ def launch_command(n: int, # number of processes
     if n < 1: raise ValueError(f"need at least one process, got {n}")
     args, py = list(args), [sys.executable, "-m"]
     if launcher == "torchrun":
-        return py + ["torch.distributed.run", "--nproc_per_node", str(n), "--master_port", str(free_port())] + (
-            ["-m"] + args[1:] if args[:1] == ["-m"] else args)
+        return py + ["torch.distributed.run", "--nproc_per_node", str(n), "--master_port", str(free_port())] + args
     if launcher == "accelerate":
         return py + ["accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n), "--num_machines", "1",
                      "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())] + args

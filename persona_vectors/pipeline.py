@@ -394,7 +394,7 @@ class Run:
                 ):
         self.cfg, self.quiet = cfg, quiet
         self.dir = Path(directory or Path("runs")/cfg.name)
-        if is_main(): lock_run_dir(self.dir)  # one run per directory, before anything is written (the main process holds it)
+        lock_run_dir(self.dir)  # one run per directory, before anything is written (the main process holds it for all)
         write_json(self.dir/"config.json", cfg.model_dump())
         barrier()  # several processes: all read the manifest as the main process left it
         self.manifest = read_json(self.dir/"manifest.json") if (self.dir/"manifest.json").exists() else {}
@@ -437,25 +437,24 @@ class Run:
         for d_ in deps:
             if not self.done(d_): raise RuntimeError(f"stage {name!r} needs stage {d_!r}, which is not done")
         key = _hash(dict(inputs=inputs, deps={d_: self.identity(d_) for d_ in deps}))
-        e, out = self.manifest.get(name), self.path(name)
+        e, out, clear = self.manifest.get(name), self.path(name), False
         if e and e["key"] == key and e["status"] == "done":
             bad = changed_outputs(out, e["outputs"]) if "outputs" in e else {"(no record of its outputs)": "unknown"}
             if not bad:
                 self.log(f"[{name}] up to date: {one_line(e['summary'])}"); return e["summary"]
             what = ", ".join(f"{k} {v}" for k, v in list(bad.items())[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-            if any(v != "missing" for v in bad.values()) and out.exists():
-                self.log(f"[{name}] outputs changed ({what}): clearing {out} and rerunning")
-                if is_main(): shutil.rmtree(out)
-            else: self.log(f"[{name}] outputs missing ({what}): rerunning")
+            clear = any(v != "missing" for v in bad.values()) and out.exists()
+            self.log(f"[{name}] outputs changed ({what}): clearing {out} and rerunning" if clear else f"[{name}] outputs missing ({what}): rerunning")
         elif e and e["key"] != key and out.exists():
-            self.log(f"[{name}] its inputs changed: clearing {out}")
-            if is_main(): shutil.rmtree(out)
-        barrier()  # several processes: every one decided from the same files before the main process changes them
-        if is_main(): out.mkdir(parents=True, exist_ok=True)
+            clear = True; self.log(f"[{name}] its inputs changed: clearing {out}")
+        barrier()  # several processes: every one has decided from the same files before the main process changes them
+        if is_main():
+            if clear: shutil.rmtree(out)
+            out.mkdir(parents=True, exist_ok=True)
         self.current = name
         self.manifest[name] = dict(key=key, status="running", inputs=inputs, deps=deps); self._save()
         t0 = time.time()
-        barrier()
+        barrier()  # the directory is ready before anyone looks in it
         resumed = any(out.iterdir())
         self.log(f"[{name}] {'resuming' if resumed else 'running'}", echo=False)
         summary = fn(out)
