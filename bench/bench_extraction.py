@@ -77,7 +77,7 @@ def run(ctx: Ctx) -> list[dict]:
     order = sorted(range(N), key=lambda i: -(len(recs[i]["prompt_ids"]) + len(recs[i]["response_ids"])))
     batches = [order[i:i + BATCH] for i in range(0, N, BATCH)]
     seqs = lambda idx: [(recs[i]["prompt_ids"] + recs[i]["response_ids"], len(recs[i]["prompt_ids"])) for i in idx]
-    proj = lambda idx: activation_means(model, seqs(idx), batch_size=BATCH, pad_id=tok.pad_token_id, progress=False)
+    proj = lambda idx: activation_means(model, seqs(idx), batch_size=BATCH, pad_id=tok.pad_token_id, progress=False)  # max_tokens: its default
     base = lambda idx: usual_script(model, tok, [recs[i] for i in idx])
     proj(batches[-1]); base(batches[-1])  # warm-up on the shortest batch
     t = {"project": 0.0, "baseline": 0.0}; peak = {"project": 0, "baseline": 0}; outs = {"project": [], "baseline": []}
@@ -125,14 +125,16 @@ def run(ctx: Ctx) -> list[dict]:
     elt = torch.finfo(ctx.dtype).bits // 8
     logits_b, hidden_b = len(batches[0]) * T0 * V * elt, len(batches[0]) * T0 * L1 * H * elt
     common.update(largest_batch_logits_bytes=logits_b, largest_batch_hidden_states_bytes=hidden_b)
-    mnote = (f"Peak memory of one call (a batch of {BATCH} for the project, one answer for the script). " +
-             ("Within goal." if rm <= 1 else
-              f"Not met: batching holds {BATCH} answers at once by design. `activation_means` already keeps one logit row "
-              "per sequence (`logits_to_keep=1` unless logprob=True) and reduces one layer at a time, so what remains is "
-              f"transformers' `output_hidden_states`: all L+1 layers of the batch alive until the pass ends "
-              f"({hidden_b / 2 ** 20:.0f} MiB as [B, L+1, T, H] for the largest batch). Closing it: forward hooks that reduce "
-              "each block's output as it is produced (one layer alive at a time), or batch_size 1-4 on a CPU, where "
-              "batching barely speeds up a forward pass (DESIGN.md); the time ratio above is what the batch buys."))
+    mnote = (f"Peak memory of one call (a batch of {BATCH} answers for the project, one answer for the script). " +
+             ("Goal met: forward hooks reduce each block's output into the running means as it is produced (no "
+              "`output_hidden_states`, which kept all L+1 layers of the batch: 3.03x before), only one logit row per "
+              "sequence is computed (`logits_to_keep=1`), and `max_tokens` (default 1024) caps the padded tokens of one "
+              "forward pass, which bounds the block's own intermediate activations (the MLP's grow with every token of the "
+              f"batch: 1.66x with the hooks alone on {BATCH} uncapped rows). The script holds, for one answer, every "
+              f"layer's hidden states and [T, vocab] logits ({hidden_b / BATCH / 2 ** 20:.1f} + {logits_b / BATCH / 2 ** 20:.1f} MiB "
+              "for the longest answer)." if rm <= 1 else
+              "Not met: what remains is the block's own intermediate activations for every token of a forward pass; "
+              "lower `max_tokens` (default 1024) bounds them."))
     return [
         row("extraction", f"activation_means_{N}_time", "s", t["project"], t["baseline"], "<= 1.0", rt <= 1.0, tnote,
             project_floor_x=t["project"] / floor, baseline_floor_x=t["baseline"] / floor, **common),

@@ -37,6 +37,17 @@ class RunView:
         sc = {tuple(json.dumps(r[k]) for k in EVAL_KEY): r for r in RecordLog(d/"scores.jsonl", EVAL_KEY)} if (d/"scores.jsonl").exists() else {}
         return [{**r, **sc.get(tuple(json.dumps(r[k]) for k in EVAL_KEY), {})} for r in ans]
 
+    def point(self) -> tuple[int | None, float | None]:
+        "The study's steering (layer, alpha): the config's, or what its sweeps chose for an 'auto' one (None before they ran)."
+        st = self.config["steering"]
+        pick = lambda k: st[k] if st[k] != "auto" else self.manifest.get(f"operating_point/{k}", {}).get("summary", {}).get(k)
+        return pick("layer"), pick("alpha")
+
+    def layer_sweep_alpha(self) -> float | None:
+        "The layer sweep's coefficient: the study's alpha, or `sweeps.layer_alpha` when layer and alpha were both 'auto'."
+        st = self.config["steering"]
+        return self.config["sweeps"].get("layer_alpha") if st["layer"] == st["alpha"] == "auto" else self.point()[1]
+
 # %% ../nbs/07_analysis.ipynb #f239738e
 def steering_rows(run: RunView) -> pd.DataFrame:
     "One row per steering evaluation stage (alpha 0 for the unsteered base)."
@@ -51,7 +62,7 @@ def coefficient_table(run: RunView) -> pd.DataFrame:
     "The coefficient sweep: alpha at the study's layer, the unsteered base as alpha 0."
     df = steering_rows(run)
     if df.empty: return df
-    L = run.config["steering"]["layer"]
+    L = run.point()[0]
     return df[(df.layer == L) | (df.alpha == 0)].assign(layer=L).sort_values("alpha").reset_index(drop=True)
 
 # %% ../nbs/07_analysis.ipynb #5e3b783b
@@ -59,7 +70,7 @@ def layer_table(run: RunView) -> pd.DataFrame:
     "The layer sweep: each layer at the study's alpha."
     df = steering_rows(run)
     if df.empty: return df
-    return df[df.alpha == run.config["steering"]["alpha"]].sort_values("layer").reset_index(drop=True)
+    return df[df.alpha == run.layer_sweep_alpha()].sort_values("layer").reset_index(drop=True)
 
 # %% ../nbs/07_analysis.ipynb #1a890814
 def baselines_table(run: RunView) -> pd.DataFrame:
@@ -71,13 +82,14 @@ def baselines_table(run: RunView) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 # %% ../nbs/07_analysis.ipynb #47ffe82e
-DISTILL_COLS = ["trainable_params", "total_params", "kl_student", "kl_base", "gap_recovered"]
+DISTILL_COLS = ["trainable_params", "total_params", "kl_student", "kl_base", "gap_recovered", "gap_recovered_ci"]
 
 def distillation_table(run: RunView) -> pd.DataFrame:
     "Base, steered teacher, exact bake and each distilled student, with parameter counts and the KL objective."
     rows = []
-    st = run.config["steering"]
-    for name, label in ((f"steer/base", "base (unsteered)"), (f"steer/L{st['layer']}_a{st['alpha']:g}", f"steered teacher (L{st['layer']}, alpha {st['alpha']:g}, {st['positions']})")):
+    (L, A), pos = run.point(), run.config["steering"]["positions"]
+    teacher = [] if A is None else [(f"steer/L{L}_a{A:g}", f"steered teacher (L{L}, alpha {A:g}, {pos})")]  # None: not chosen yet
+    for name, label in [("steer/base", "base (unsteered)")] + teacher:
         if name in run.done(name): rows.append(summary_row(run.manifest[name]["summary"], variant=label))
     side = run.dir/"vector"/"persona.json"
     for name, e in sorted(run.done("distilled/").items()):
@@ -89,8 +101,12 @@ def distillation_table(run: RunView) -> pd.DataFrame:
 # %% ../nbs/07_analysis.ipynb #8a3bbd0b
 def counts_table(run: RunView) -> pd.DataFrame:
     "The trajectory-count sweep: the student trained on the first n trajectories."
+    d = run.config["distillation"]
+    stages = dict(run.done("counts/"))
+    same = f"distilled/{d['count_variant']}"  # the count equal to n_trajectories is that variant's own stage (not trained twice)
+    if d["n_trajectories"] in d["trajectory_counts"] and f"counts/{d['n_trajectories']}" not in stages and run.done(same): stages[same] = run.manifest[same]
     rows = [dict(summary_row(e["summary"], n_trajectories=e["summary"]["n_trajectories"]), **{k: e["summary"].get(k) for k in DISTILL_COLS})
-            for k, e in run.done("counts/").items()]
+            for k, e in stages.items()]
     return pd.DataFrame(rows).sort_values("n_trajectories").reset_index(drop=True) if rows else pd.DataFrame()
 
 # %% ../nbs/07_analysis.ipynb #aef24866
@@ -122,6 +138,8 @@ def plot_counts(df: pd.DataFrame, teacher: dict | None = None): # from `counts_t
         ax.set_xscale("log"); ax.set_xlabel("trajectories"); ax.set_ylabel(m.replace("_", " ")); ax.grid(alpha=0.3); ax.legend()
     if extra:
         ax = axes[0][-1]; ax.plot(df.n_trajectories, df.gap_recovered, marker="o"); ax.set_xscale("log")
+        if "gap_recovered_ci" in df and df.gap_recovered_ci.notna().all():  # the bootstrap interval over held-out trajectories
+            ax.fill_between(df.n_trajectories, [c[0] for c in df.gap_recovered_ci], [c[1] for c in df.gap_recovered_ci], alpha=0.25)
         ax.set_xlabel("trajectories"); ax.set_ylabel("fraction of steering gap recovered (KL)"); ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
@@ -171,10 +189,11 @@ def write_report(directory: str | Path, # a run directory
     import matplotlib.pyplot as plt
     run = RunView(directory); d = run.dir
     (d/"tables").mkdir(exist_ok=True); (d/"figures").mkdir(exist_ok=True)
-    cfg = run.config; st = cfg["steering"]
+    cfg = run.config; st = cfg["steering"]; (L, A), auto = run.point(), [k for k in ("layer", "alpha") if st[k] == "auto"]
     parts = [f"# Report: {cfg['name']}", "",
-             f"Model `{cfg['model']['name']}`, trait `{cfg['trait']['name']}`, steering at layer {st['layer']} with alpha "
-             f"{st['alpha']:g} on {st['positions']} positions; judge: {cfg['judge']['kind']}"
+             f"Model `{cfg['model']['name']}`, trait `{cfg['trait']['name']}`, steering at layer {L} with alpha "
+             f"{'(not chosen yet)' if A is None else format(A, 'g')}{' (chosen from the sweeps: see *Operating point*)' if auto else ''} "
+             f"on {st['positions']} positions; judge: {cfg['judge']['kind']}"
              + (f" ({cfg['judge']['model']})" if cfg['judge']['kind'] != 'none' else " (judge-free metrics only)") + ".", "",
              "Metrics: `trait_index` is the judge-free monitor (the unsteered model reading the answer under a neutral "
              "prompt; 0 = mean neg extraction answer, 100 = mean pos); `logprob` is the coherence proxy (mean log-prob of the "
@@ -195,9 +214,18 @@ def write_report(directory: str | Path, # a run directory
     bt = baselines_table(run)
     if len(run.done("baselines/")): section("Baselines (unsteered)", bt, "baselines", ["model"])
     ct = coefficient_table(run)
-    section("Coefficient sweep", ct, "coefficient_sweep", ["layer", "alpha"], plot_sweep(ct, "alpha", title=f"layer {st['layer']}") if len(ct) else None)
+    section("Coefficient sweep", ct, "coefficient_sweep", ["layer", "alpha"], plot_sweep(ct, "alpha", title=f"layer {L}") if len(ct) else None)
     lt = layer_table(run)
-    if len(lt) > 1: section("Layer sweep", lt, "layer_sweep", ["layer", "alpha"], plot_sweep(lt, "layer", title=f"alpha {st['alpha']:g}"))
+    if len(lt) > 1: section("Layer sweep", lt, "layer_sweep", ["layer", "alpha"], plot_sweep(lt, "layer", title=f"alpha {run.layer_sweep_alpha():g}"))
+    for k in auto:  # the rule, every candidate and the choice of each 'auto' value
+        if not run.done(f"operating_point/{k}"): continue
+        ch = run.manifest[f"operating_point/{k}"]["summary"]
+        op = pd.DataFrame(ch["candidates"]).assign(chosen=lambda x: (x.layer == ch["layer"]) & (x.alpha == ch["alpha"]))
+        md = op.to_markdown(index=False, floatfmt=".3f"); atomic_write(d/"tables"/f"operating_point_{k}.md", md + "\n")
+        atomic_write(d/"tables"/f"operating_point_{k}.csv", op.to_csv(index=False))
+        parts += [f"## Operating point: {k}", "", f"`steering.{k} = \"auto\"`. Rule: {ch['rule']}. Candidates: the swept settings "
+                  f"below; chosen: **layer {ch['layer']}, alpha {ch['alpha']:g}**, which every later stage (trajectories, students, "
+                  "bake) uses.", "", md, ""]
     dt = distillation_table(run)
     if len(run.done("distilled/")):
         section("Distillation variants", dt, "distillation", ["variant"] + [c for c in DISTILL_COLS if c in dt], plot_distillation(dt),
@@ -229,9 +257,10 @@ def write_report(directory: str | Path, # a run directory
 def headline(directory: str | Path, # a run directory
             ) -> str:
     "The run's headline numbers as markdown: the vector's separation, then base, steered teacher, bake and students."
-    run = RunView(directory); cfg = run.config; st = cfg["steering"]
-    out = [f"`{cfg['model']['name']}`, trait `{cfg['trait']['name']}`, steering at layer {st['layer']} with alpha "
-           f"{st['alpha']:g} on {st['positions']} positions."]
+    run = RunView(directory); cfg = run.config; st = cfg["steering"]; L, A = run.point()
+    how = " (chosen from the sweeps: the strongest trait within the coherence budget)" if "auto" in (st["layer"], st["alpha"]) else ""
+    out = [f"`{cfg['model']['name']}`, trait `{cfg['trait']['name']}`, steering at layer {L} with alpha "
+           f"{'(not chosen yet)' if A is None else format(A, 'g')}{how} on {st['positions']} positions."]
     if run.done("vector"):
         v = run.manifest["vector"]["summary"]
         out[0] += (f" Held-out separation of pos and neg answers along the vector (neutral read): AUROC "
@@ -240,8 +269,8 @@ def headline(directory: str | Path, # a run directory
     if len(dt):
         fmt = lambda x, d=1: "" if x is None or pd.isna(x) else f"{x:.{d}f}"
 
-        rows = [{"variant": r["variant"], "trait index": f"{fmt(r['trait_index_mean'])} ± {fmt(r['trait_index_std'])}",
-                 "log-prob": fmt(r["logprob_mean"], 2), "gap recovered": fmt(r.get("gap_recovered"), 3),
+        rows = [{"variant": r["variant"], "trait index ± std (s.e.)": f"{fmt(r['trait_index_mean'])} ± {fmt(r['trait_index_std'])} ({fmt(r.get('trait_index_se'))})",
+                 "log-prob": fmt(r["logprob_mean"], 2), "gap recovered [95% CI]": fmt(r.get("gap_recovered"), 3) + (readable(r["gap_recovered_ci"]).join("  ") if isinstance(r.get("gap_recovered_ci"), list) else ""),
                  "trainable params": readable(r.get("trainable_params"), "trainable_params") + (" (one bias)" if str(r["variant"]).startswith("bake") else "")}
                 for _, r in dt.iterrows()]
         out += ["", pd.DataFrame(rows).to_markdown(index=False)]
@@ -253,7 +282,8 @@ def headline(directory: str | Path, # a run directory
 
 
 # %% ../nbs/07_analysis.ipynb #f38d2f9e
-DEMO_FILES = ("config.json", "manifest.json", "log.txt", "report.md", "tables/*", "figures/*.png", "steer/*/*.jsonl", "vector/*.json")
+DEMO_FILES = ("config.json", "manifest.json", "log.txt", "report.md", "tables/*", "figures/*.png", "steer/*/*.jsonl", "vector/*.json",
+              "operating_point/*/*.json")
 
 def refresh_demo_run(dest: str | Path, # where the copy goes (the docs use nbs/demo_run)
                      source: str | Path = "runs/demo", # a finished run directory

@@ -20,8 +20,9 @@ from .records import atomic_write, write_json, read_json, RecordLog
 from .parallel import gather_shards, is_main
 
 # %% auto #0
-__all__ = ['CONTRASTIVE_KEY', 'VARIANTS', 'contrastive_prompts', 'contrastive_answers', 'filter_pairs', 'final_norm',
-           'activation_means', 'persona_vector', 'extract', 'save_vector', 'load_vector', 'export_pt', 'import_pt']
+__all__ = ['CONTRASTIVE_KEY', 'VARIANTS', 'contrastive_prompts', 'contrastive_answers', 'filter_pairs', 'token_batches',
+           'final_norm', 'activation_means', 'persona_vector', 'extract', 'save_vector', 'load_vector', 'export_pt',
+           'import_pt']
 
 # %% ../nbs/03_extraction.ipynb #f7c10f6f
 def contrastive_prompts(tokenizer, # the model's tokenizer
@@ -91,6 +92,23 @@ def filter_pairs(records: Sequence[dict], # contrastive answers with `trait_scor
                          f"coherence >= {coherence_threshold}); lower the thresholds or generate more answers")
     return kept
 
+# %% ../nbs/03_extraction.ipynb #6bade686
+def token_batches(lengths: Sequence[int], # token count of each sequence
+                  batch_size: int, # at most this many sequences per batch
+                  max_tokens: int | None = None, # at most this many padded tokens (rows x longest) per batch; None: no cap
+                 ) -> list[list[int]]:
+    "Indices of the sequences, longest first, cut into batches of at most `batch_size` rows and `max_tokens` padded tokens."
+    if batch_size < 1: raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if max_tokens is not None and max_tokens < 1: raise ValueError(f"max_tokens must be at least 1 (or None), got {max_tokens}")
+    out = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):  # stable: equal lengths keep their order
+        # the batch's first sequence is its longest, so its padded size is rows x that length; one too-long sequence runs alone
+        if out and len(out[-1]) < batch_size and (max_tokens is None or (len(out[-1]) + 1) * lengths[out[-1][0]] <= max_tokens):
+            out[-1].append(i)
+        else: out.append([i])
+    return out
+
+
 # %% ../nbs/03_extraction.ipynb #03c7d5e1
 _FINAL_NORMS = ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.final_layernorm")
 
@@ -103,10 +121,10 @@ def final_norm(model: nn.Module, # a transformers causal LM, possibly PEFT-wrapp
     raise ValueError(f"cannot find the final norm of {type(m).__name__}; looked for {_FINAL_NORMS}")
 
 @torch.no_grad()
-def _means_of(model, seqs, batch_size, logprob, pad_id, dtype, layers, progress) -> dict[str, torch.Tensor]:
+def _means_of(model, seqs, batch_size, logprob, pad_id, dtype, layers, progress, max_tokens=None) -> dict[str, torch.Tensor]:
     "The body of `activation_means` on one process's sequences: every layer reduced as the forward pass produces it."
     device = next(model.parameters()).device
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))
+    batches = token_batches([len(s[0]) for s in seqs], batch_size, max_tokens)
     blocks = decoder_layers(model); L = len(blocks)
     layers = list(range(L + 1)) if layers is None else list(layers)
     N, L1, H = len(seqs), len(layers), hidden_size(model)
@@ -128,8 +146,7 @@ def _means_of(model, seqs, batch_size, logprob, pad_id, dtype, layers, progress)
         elif l < L: hooks.append(blocks[l - 1].register_forward_hook(lambda m, a, o, j=j: reduce(j, o)))
     if L in layers or logprob: hooks.append(final_norm(model).register_forward_hook(lambda m, a, o: now.__setitem__("final", o)))
     try:
-        for start in tqdm(range(0, N, batch_size), desc="activations", disable=not progress, leave=False):
-            idx = order[start:start + batch_size]
+        for idx in tqdm(batches, desc="activations", disable=not progress, leave=False):
             batch = padded_batch([seqs[i][0] for i in idx], pad_id, device)
             ids, T = batch["input_ids"], batch["input_ids"].shape[1]
             lens = batch["attention_mask"].sum(-1)
@@ -162,6 +179,7 @@ def _check_seqs(seqs):
 def activation_means(model, # plain or PEFT-wrapped causal LM
                      seqs: Sequence[tuple[Sequence[int], int]], # (prompt+response ids, prompt length) per answer
                      batch_size: int = 16, # sequences per forward batch
+                     max_tokens: int | None = 1024, # and at most this many padded tokens per batch (bounds a block's activations); None: no cap
                      logprob: bool = False, # also return the mean log-prob of the response tokens ('response_logprob', [N])
                      pad_id: int = 0, # any id: padded positions are masked out
                      dtype: torch.dtype = torch.float32, # dtype of the returned means (computed in at least float32)
@@ -172,7 +190,7 @@ def activation_means(model, # plain or PEFT-wrapped causal LM
     _check_seqs(seqs)
     # several processes: each reads its shard of the sequences, every process gets all the means (12_parallel)
     parts = gather_shards(lambda idx: _means_of(model, [seqs[i] for i in idx], batch_size, logprob, pad_id, dtype, layers,
-                                                progress and is_main()), len(seqs))
+                                                progress and is_main(), max_tokens), len(seqs))
     if len(parts) == 1: return parts[0][1]
     out = {}
     for idx, res in parts:

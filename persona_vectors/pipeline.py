@@ -9,7 +9,7 @@ from __future__ import annotations
 import os, sys, json, time, hashlib, shutil, socket, logging, tomllib, copy
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal, Optional, Any
+from typing import Literal, Optional, Any, Union
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -22,7 +22,8 @@ __all__ = ['STAGES', 'ModelConfig', 'TraitConfig', 'JudgeConfig', 'ExtractionCon
            'SweepConfig', 'DistillationConfig', 'BaselinesConfig', 'StudyConfig', 'UserError', 'ConfigError',
            'parse_override', 'validate_config', 'load_config', 'config_dir', 'resolve_config_path', 'model_facts',
            'config_problems', 'process_problems', 'preflight', 'output_files', 'changed_outputs', 'RunLocked',
-           'lock_run_dir', 'Run', 'one_line', 'steer_stage', 'Study', 'variant_config', 'plan']
+           'lock_run_dir', 'Run', 'one_line', 'steer_stage', 'Study', 'sweep_settings', 'choose_setting',
+           'variant_config', 'count_trainings', 'plan']
 
 # %% ../nbs/06_pipeline.ipynb #351265e4
 class _Section(BaseModel):
@@ -66,10 +67,19 @@ class ExtractionConfig(_Section):
 
 class SteeringConfig(_Section):
     "The steering setting of the study (and of the distillation teacher)."
-    layer: int = Field(16, ge=1) # hidden_states index (block layer-1's output)
-    alpha: float = 2.0 # steering coefficient
+    layer: Union[int, Literal["auto"]] = 16 # hidden_states index (block layer-1's output), or 'auto': chosen from the layer sweep
+    alpha: Union[float, Literal["auto"]] = 2.0 # steering coefficient, or 'auto': chosen from the coefficient sweep
     positions: Literal["all", "prompt", "response"] = "response"
-    monitor_layer: Optional[int] = Field(None, ge=1) # layer the judge-free monitor reads (None: `layer`)
+    monitor_layer: Optional[int] = Field(None, ge=1) # layer the judge-free monitor reads (None: `layer`; with layer 'auto', the best held-out layer)
+    coherence_min: float = Field(50, ge=0, le=100) # 'auto' with a judge: the chosen setting's mean judge coherence is at least this
+    max_logprob_drop: float = Field(1.5, gt=0) # 'auto' without a judge: its mean log-prob is at most this many nats below the unsteered model's
+
+    @field_validator("layer", "alpha", mode="before")
+    @classmethod
+    def _auto(cls, v, info):  # one clear message instead of one per member of the union
+        ok = v == "auto" or (isinstance(v, int) if info.field_name == "layer" else isinstance(v, (int, float))) and not isinstance(v, bool)
+        if not ok: raise ValueError(f"expected {'an integer' if info.field_name == 'layer' else 'a number'} or 'auto'")
+        return v
 
 class EvaluationConfig(_Section):
     "How every model / setting is evaluated."
@@ -84,6 +94,7 @@ class SweepConfig(_Section):
     "The coefficient and layer sweeps."
     alphas: list[float] = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0] # coefficients at `steering.layer`
     layers: list[int] = [4, 8, 12, 16, 20, 24] # layers at `steering.alpha`
+    layer_alpha: Optional[float] = None # the layer sweep's coefficient when `steering.layer` and `steering.alpha` are both 'auto'
 
 class DistillationConfig(_Section):
     "Trajectories, students and the schedule."
@@ -230,7 +241,7 @@ def _layer_problems(key: str, layers, n_layers: int | None) -> list[str]:
     out = []
     for j, l in enumerate(layers if isinstance(layers, list) else [layers]):
         k = f"{key}[{j}]" if isinstance(layers, list) else key
-        if l is None: continue
+        if l is None or l == "auto": continue
         if l < 1: out.append(f"{k} = {l}: layers start at 1 (hidden_states index; 0 is the embeddings, which are not steered)")
         elif n_layers is not None and l > n_layers:
             out.append(f"{k} = {l}: the model has {n_layers} blocks, so layers run from 1 to {n_layers}")
@@ -247,7 +258,14 @@ def config_problems(cfg: StudyConfig, # a validated config
     p += _layer_problems("steering.layer", st.layer, L) + _layer_problems("steering.monitor_layer", st.monitor_layer, L)
     p += _layer_problems("sweeps.layers", list(sw.layers), L)
     p += [f"sweeps.alphas[{j}] = {a}: coefficients must be finite numbers" for j, a in enumerate(sw.alphas) if not math.isfinite(a)]
-    if not math.isfinite(st.alpha): p.append(f"steering.alpha = {st.alpha}: must be a finite number")
+    if st.alpha != "auto" and not math.isfinite(st.alpha): p.append(f"steering.alpha = {st.alpha}: must be a finite number")
+    if st.alpha == "auto" and not any(a for a in sw.alphas):
+        p.append(f"steering.alpha = 'auto' chooses from sweeps.alphas, which has no non-zero coefficient ({list(sw.alphas)})")
+    if st.layer == "auto" and not sw.layers: p.append("steering.layer = 'auto' chooses from sweeps.layers, which is empty")
+    if st.layer == "auto" and st.alpha == "auto" and not sw.layer_alpha:
+        p.append("steering.layer and steering.alpha are both 'auto': set sweeps.layer_alpha, the non-zero coefficient the layer "
+                 "sweep runs at (the layer is chosen first, then the coefficient at that layer)")
+    if sw.layer_alpha is not None and not math.isfinite(sw.layer_alpha): p.append(f"sweeps.layer_alpha = {sw.layer_alpha}: must be a finite number")
     p += [f"distillation.trajectory_counts[{j}] = {n}: must be between 1 and distillation.n_trajectories = {d.n_trajectories}"
           for j, n in enumerate(d.trajectory_counts) if not 1 <= n <= d.n_trajectories]
     lora = [v for v in list(d.variants) + ([d.count_variant] if d.trajectory_counts else []) if v.startswith("lora")]
@@ -547,11 +565,28 @@ class Study:
             from persona_vectors.extraction import load_vector
             m, t = self.model()
             vecs, meta = load_vector(self.run.path("vector")/"persona.safetensors")
-            self._monitor = Monitor(m, t, vecs[self.cfg.extraction.variant], self.monitor_layer(), batch_size=self.cfg.evaluation.batch_size)
-            self._monitor.load_calibration(read_json(self.run.path("vector")/"monitor.json"))
+            cal = read_json(self.run.path("vector")/"monitor.json")  # its layer: the config's, or the best held-out one
+            self._monitor = Monitor(m, t, vecs[self.cfg.extraction.variant], cal["layer"], batch_size=self.cfg.evaluation.batch_size)
+            self._monitor.load_calibration(cal)
         return self._monitor
 
-    def monitor_layer(self) -> int: return self.cfg.steering.monitor_layer or self.cfg.steering.layer
+    def monitor_layer(self) -> int | None:
+        "The layer the monitor reads, from the config (None: layer 'auto', so the vector stage takes the best held-out layer)."
+        st = self.cfg.steering
+        return st.monitor_layer or (None if st.layer == "auto" else st.layer)
+
+    def chosen(self, kind: str) -> int | float:
+        "`steering.<kind>` ('layer' or 'alpha'): the config's value, or the one the sweeps chose when it is 'auto'."
+        v = getattr(self.cfg.steering, kind)
+        if v != "auto": return v
+        if not self.run.done(f"operating_point/{kind}"):
+            raise UserError(f"steering.{kind} = 'auto' is chosen from the sweeps, which have not run in {self.run.dir}: "
+                            "run the 'sweeps' stage first")
+        return self.run.summary(f"operating_point/{kind}")[kind]
+
+    def point(self) -> tuple[int, float]:
+        "The study's steering setting (layer, alpha): what the steered teacher, its trajectories and the bake use."
+        return self.chosen("layer"), self.chosen("alpha")
 
     def steering_vector(self):
         "The steering vector [L+1, hidden] of this run (after the vector stage)."
@@ -645,12 +680,12 @@ def vector(self: Study):
                     n_pos=n_pos, n_neg=len(recs) - n_pos, filtered=self.cfg.judge.kind != "none"))
         sep = heldout_separation(m, t, recs, batch_size=e.batch_size)
         write_json(out/"separation.json", {str(k): v for k, v in sep.items()})
-        mon = Monitor(m, t, vecs[e.variant], self.monitor_layer(), batch_size=e.batch_size)
+        best = max(sep, key=sep.get); ml = self.monitor_layer() or best
+        mon = Monitor(m, t, vecs[e.variant], ml, batch_size=e.batch_size)
         cal = mon.calibrate([(r["question"], r["response_ids"]) for r in recs if r["side"] == "pos"],
                             [(r["question"], r["response_ids"]) for r in recs if r["side"] == "neg"])
         write_json(out/"monitor.json", cal)
-        best = max(sep, key=sep.get)
-        return dict(pos=n_pos, neg=len(recs) - n_pos, auroc_at_monitor_layer=sep.get(self.monitor_layer()), best_layer=best, best_auroc=sep[best])
+        return dict(pos=n_pos, neg=len(recs) - n_pos, monitor_layer=ml, auroc_at_monitor_layer=sep.get(ml), best_layer=best, best_auroc=sep[best])
     return self.run.stage("vector", inputs, deps, fn)
 
 # %% ../nbs/06_pipeline.ipynb #d5373758
@@ -671,15 +706,85 @@ def steer_eval(self: Study, layer: int, alpha: float):
         return summ
     return self.run.stage(name, inputs, ["vector"], fn)
 
+def sweep_settings(st: SteeringConfig, # the [steering] section
+                   sw: SweepConfig, # the [sweeps] section
+                   layer: int | None = None, # the chosen layer when `st.layer` is 'auto' (None: a placeholder, for plans)
+                   alpha: float | None = None, # the chosen coefficient when `st.alpha` is 'auto' (None: a placeholder)
+                  ) -> list[tuple[int, float]]:
+    "Every (layer, alpha) the sweeps evaluate, in the order they run, without repeats (alpha 0: the unsteered base)."
+    L = st.layer if st.layer != "auto" else (layer if layer is not None else sw.layers[0])
+    A = st.alpha if st.alpha != "auto" else (alpha if alpha is not None else next(a for a in sw.alphas if a))
+    a0 = sw.layer_alpha if st.alpha == "auto" else A  # the layer sweep's coefficient when the layer is chosen first
+    grid = [(L, 0.0)] + ([(l, a0) for l in sw.layers] if st.layer == "auto" else []) + [(L, a) for a in sw.alphas]
+    grid += ([(l, A) for l in sw.layers] if st.layer != "auto" else []) + [(L, A)]
+    seen = set()
+    return [s for s in grid if not (steer_stage(*s) in seen or seen.add(steer_stage(*s)))]  # each stage once, where it first runs
+
 @patch
 def sweeps(self: Study):
-    "Stages `steer/...` of the coefficient sweep, the layer sweep and the study's own setting."
+    "Stages `steer/...` of the sweeps and the study's own setting; an 'auto' layer, then an 'auto' alpha, chosen on the way."
     st, sw = self.cfg.steering, self.cfg.sweeps
-    grid = [(st.layer, a) for a in sw.alphas] + [(l, st.alpha) for l in sw.layers] + [(st.layer, 0.0), (st.layer, st.alpha)]
     seen = set()
-    for layer, alpha in grid:
-        name = steer_stage(layer, alpha)
-        if name not in seen: seen.add(name); self.steer_eval(layer, alpha)
+    def run(settings):
+        for l, a in settings:
+            if steer_stage(l, a) not in seen: seen.add(steer_stage(l, a)); self.steer_eval(l, a)
+    run([(1, 0.0)])  # the unsteered base: every budget is measured from it
+    if st.layer == "auto":  # the layer first, at the study's coefficient (or sweeps.layer_alpha when that is 'auto' too)
+        a0 = sw.layer_alpha if st.alpha == "auto" else st.alpha
+        run([(l, a0) for l in sw.layers]); self.operating_point("layer", [(l, a0) for l in sw.layers])
+    L = self.chosen("layer")
+    run([(L, a) for a in sw.alphas])
+    if st.alpha == "auto": self.operating_point("alpha", [(L, a) for a in sw.alphas if a])
+    run(sweep_settings(st, sw, L, self.chosen("alpha")))  # what is left: the layer sweep at the chosen alpha, the point itself
+
+# %% ../nbs/06_pipeline.ipynb #c8a7e8f0
+def choose_setting(candidates: list[dict], # one per swept setting: {'layer', 'alpha', 'summary'} (an evaluation summary)
+                   base: dict, # the unsteered evaluation's summary
+                   judged: bool, # judge scores (trait, coherence) if True, else the monitor's trait index and the log-prob drop
+                   coherence_min: float = 50, # judged: the mean coherence score must be at least this
+                   max_logprob_drop: float = 1.5, # judge-free: the mean log-prob may be at most this many nats below the base's
+                   key: str = "steering.alpha", # the config key being chosen, for the messages
+                  ) -> dict:
+    "The strongest mean trait among the settings whose coherence stays within the budget: the choice, the rule and every candidate."
+    mean = lambda s, m: (s.get(m) or {}).get("mean")
+    if judged: rule = f"strongest mean judge trait score with mean judge coherence >= {coherence_min:g}"
+    else: rule = (f"strongest mean trait index with mean log-prob at most {max_logprob_drop:g} nats below the unsteered "
+                  f"model's ({mean(base, 'logprob'):.3f})")
+    rows = []
+    for c in candidates:
+        s = c["summary"]; trait = mean(s, "trait_score" if judged else "trait_index")
+        coh = mean(s, "coherence_score") if judged else (None if mean(s, "logprob") is None else mean(base, "logprob") - mean(s, "logprob"))
+        ok = trait is not None and coh is not None and (coh >= coherence_min if judged else coh <= max_logprob_drop)
+        rows.append(dict(layer=c["layer"], alpha=c["alpha"], trait=trait, **{"coherence" if judged else "logprob_drop": coh}, within_budget=ok))
+    if not rows: raise ValueError(f"{key} = 'auto': no swept settings to choose from")
+    fits = [r for r in rows if r["within_budget"]]
+    if not fits:
+        cm = "coherence" if judged else "logprob_drop"
+        near = max((r for r in rows if r[cm] is not None), key=lambda r: r[cm] if judged else -r[cm], default=rows[0])
+        raise ValueError(f"{key} = 'auto': no swept setting stays within the coherence budget ({rule}). The most coherent, "
+                         f"layer {near['layer']} alpha {near['alpha']:g}, has " + (f"coherence {near[cm]:.1f}" if judged else
+                         f"a log-prob drop of {near[cm]:.2f} nats") + ": sweep smaller coefficients, or "
+                         + ("lower steering.coherence_min" if judged else "raise steering.max_logprob_drop"))
+    best = max(fits, key=lambda r: r["trait"])
+    return dict(layer=best["layer"], alpha=best["alpha"], rule=rule, judged=judged, candidates=rows)
+
+# %% ../nbs/06_pipeline.ipynb #30f2d654
+@patch
+def operating_point(self: Study, kind: str, # 'layer' or 'alpha': the 'auto' value to choose
+                    settings: list[tuple[int, float]], # the swept (layer, alpha) it chooses from (their stages are done)
+                   ) -> dict:
+    "Stage `operating_point/<kind>`: choose an 'auto' `steering.<kind>` from the sweep (`choose_setting`); summary = choice, rule, candidates."
+    st, judged = self.cfg.steering, self.cfg.judge.kind != "none"
+    names = [steer_stage(l, a) for l, a in settings]
+    inputs = dict(settings=[list(s) for s in settings], judged=judged, **({"coherence_min": st.coherence_min} if judged else
+                  {"max_logprob_drop": st.max_logprob_drop}))
+    def fn(out):
+        try: ch = choose_setting([dict(layer=l, alpha=a, summary=self.run.summary(n)) for (l, a), n in zip(settings, names)],
+                                 self.run.summary("steer/base"), judged, st.coherence_min, st.max_logprob_drop, f"steering.{kind}")
+        except ValueError as e: raise UserError(str(e)) from None
+        write_json(out/"choice.json", ch)
+        return ch
+    return self.run.stage(f"operating_point/{kind}", inputs, ["steer/base"] + list(dict.fromkeys(names)), fn)
 
 # %% ../nbs/06_pipeline.ipynb #bccd541f
 @patch
@@ -707,14 +812,15 @@ def trajectories(self: Study):
     "Stage `trajectories`: answers of the steered teacher to the extraction questions (training) and evaluation questions (held out)."
     d, st = self.cfg.distillation, self.cfg.steering
     n = max([d.n_trajectories] + list(d.trajectory_counts))
+    layer, alpha = self.point()  # the config's setting, or the one the sweeps chose
     inputs = dict(n=n, n_heldout=d.n_heldout, max_new_tokens=d.max_new_tokens, temperature=d.temperature, top_p=d.top_p,
-                  batch_size=self.cfg.evaluation.batch_size, seed=self.cfg.seed, layer=st.layer, alpha=st.alpha, positions=st.positions)
+                  batch_size=self.cfg.evaluation.batch_size, seed=self.cfg.seed, layer=layer, alpha=alpha, positions=st.positions)
     def fn(out):
         from persona_vectors.distillation import sample_trajectories
         from persona_vectors.steering import Steering
         from persona_vectors.models import Sampling
         m, t = self.model(); tr = self.trait()
-        s = Steering(self.steering_vector(), st.layer, st.alpha, st.positions)
+        s = Steering(self.steering_vector(), layer, alpha, st.positions)
         smp = Sampling(temperature=d.temperature, top_p=d.top_p, max_new_tokens=d.max_new_tokens, seed=self.cfg.seed + 2)
         bs = self.cfg.evaluation.batch_size
         train = sample_trajectories(m, t, tr.extract_questions, s, out/"train.jsonl", n=n, sampling=smp, batch_size=bs, progress=self.progress)
@@ -749,7 +855,7 @@ def _evaluate_student(self: Study, student, out: Path, label: str, base=None, st
     from persona_vectors.steering import evaluate, Steering
     ev, st = self.cfg.evaluation, self.cfg.steering
     m, t = self.model(); tr = self.trait()
-    teacher = Steering(self.steering_vector(), st.layer, st.alpha, st.positions)
+    teacher = Steering(self.steering_vector(), *self.point(), st.positions)
     kl = distillation_kl(student, self.run.path("trajectories")/"heldout.jsonl", teacher, base=base, tokenizer=t,
                          student_settings=student_settings, batch_size=ev.batch_size, progress=False)
     _, summ = evaluate(student, t, tr.eval_questions[:ev.n_questions], n=ev.n_samples, sampling=self.sampling(ev, 1),
@@ -784,7 +890,7 @@ def distilled(self: Study, variant: str, n_trajectories: int | None = None):
         W = world_size()  # several processes: the same global batch, split (`process_problems` checked it divides)
         run_cfg = replace(cfg_, batch_size=cfg_.batch_size // W, bf16=True if m.dtype == torch.bfloat16 else cfg_.bf16,
                           training_args={**cfg_.training_args, **({"fp16": True} if m.dtype == torch.float16 else {})})
-        res = distill(student, t, trajs, Steering(self.steering_vector(), st.layer, st.alpha, st.positions), out/"train",
+        res = distill(student, t, trajs, Steering(self.steering_vector(), *self.point(), st.positions), out/"train",
                       run_cfg, save_merged=False, progress=self.progress,
                       teacher_model=m if variant == "full" else None)  # the study's model holds the base weights: no copy
         if half: res.model.to(m.dtype)
@@ -805,13 +911,18 @@ def bake(self: Study):
         from persona_vectors.steering import Steering
         m, t = self.model()
         baked, _ = load_model(c.name, dtype=None if c.dtype == "auto" else c.dtype, device=None if c.device == "auto" else c.device)
-        bake_steering(baked, Steering(self.steering_vector(), st.layer, st.alpha, "all"))
+        bake_steering(baked, Steering(self.steering_vector(), *self.point(), "all"))
         save_baked(baked, t, out/"model")
         summ = self._evaluate_student(baked, out/"eval", "bake ('all' positions, exact)", base=m)
         summ["trainable_params"] = int(self.steering_vector().shape[-1])  # what the bake adds: one bias of hidden size
         del baked
         return summ
     return self.run.stage("distilled/bake", inputs, ["trajectories"], fn)
+
+def count_trainings(d: DistillationConfig, # the [distillation] section
+                   ) -> list[int]:
+    "The trajectory counts that need a training of their own: the count equal to `n_trajectories` of a variant the study trains anyway is that variant's stage."
+    return [n for n in d.trajectory_counts if not (n == d.n_trajectories and d.count_variant in d.variants)]
 
 @patch
 def distillation(self: Study):
@@ -820,7 +931,7 @@ def distillation(self: Study):
     self.trajectories()
     for v in d.variants: self.distilled(v)
     if d.bake: self.bake()
-    for n in d.trajectory_counts: self.distilled(d.count_variant, n)
+    for n in count_trainings(d): self.distilled(d.count_variant, n)  # the same data, config and seed would give the same student
 
 # %% ../nbs/06_pipeline.ipynb #b92ed123
 @patch
@@ -864,14 +975,14 @@ def plan(cfg: StudyConfig) -> "pd.DataFrame":
     rows = [dict(stage="extraction", what=f"{nq} questions x {npairs} pairs x 2 sides x {e.n_per_question}", answers=nq * npairs * 2 * e.n_per_question)]
     rows[-1]["judge_calls"] = rows[-1]["answers"] * judged
     want = list(cfg.stages or STAGES)
-    settings = {steer_stage(l, a) for l, a in [(st.layer, a) for a in sw.alphas] + [(l, st.alpha) for l in sw.layers] + [(st.layer, 0.0), (st.layer, st.alpha)]}
+    settings = sweep_settings(st, sw)  # with 'auto', as many settings as the chosen point will give
     if "sweeps" in want:
         rows.append(dict(stage="sweeps", what=f"{len(settings)} settings x {ev.n_questions} questions x {ev.n_samples}", answers=len(settings) * per_eval,
                          judge_calls=len(settings) * per_eval * judged))
     if "distillation" in want:
         n = max([d.n_trajectories] + list(d.trajectory_counts))
         rows.append(dict(stage="trajectories", what=f"{n} train + {d.n_heldout} held out, {d.max_new_tokens} tokens", answers=n + d.n_heldout, judge_calls=0))
-        k = len(d.variants) + bool(d.bake) + len(d.trajectory_counts)
+        k = len(d.variants) + bool(d.bake) + len(count_trainings(d))
         rows.append(dict(stage="distillation", what=f"{len(d.variants)} variants + {'bake + ' if d.bake else ''}{len(d.trajectory_counts)} counts, "
                          f"{d.max_steps} steps x {d.batch_size} x {d.grad_accum}", answers=k * per_eval, judge_calls=k * per_eval * judged))
     if "baselines" in want and cfg.baselines.models:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from importlib import resources as _res
 from pathlib import Path
 
-from .pipeline import StudyConfig, UserError, load_config, steer_stage
+from .pipeline import StudyConfig, UserError, load_config, sweep_settings, count_trainings
 
 # %% auto #0
 __all__ = ['GiB', 'ACCELERATORS', 'SUPPORTED', 'OPTIMIZERS', 'LORA_TARGETS', 'DTYPE_BYTES', 'MARGIN', 'LEVERS', 'Accelerator',
@@ -463,7 +463,7 @@ def study_stages(cfg: StudyConfig, # a validated config
         rows.append(dict(stage="vector", what=f"read {n_ext} answers back, batch {e.batch_size}",
                          passes=[Generation(n_ext, e.batch_size, p_ext, e.max_new_tokens, generate=False, read=True, weight_bytes=wb)]))
     if "sweeps" in want:
-        settings = {steer_stage(l, a) for l, a in [(st.layer, a) for a in sw.alphas] + [(l, st.alpha) for l in sw.layers] + [(st.layer, 0.0), (st.layer, st.alpha)]}
+        settings = sweep_settings(st, sw)  # with 'auto', as many as the chosen point will give
         rows.append(dict(stage="sweeps", what=f"{len(settings)} settings x {per_eval} answers x {ev.max_new_tokens} tokens, batch {ev.batch_size}",
                          passes=[replace(evaluation()[0], answers=len(settings) * per_eval)]))
     if "distillation" in want and (d.variants or d.trajectory_counts):
@@ -483,8 +483,8 @@ def study_stages(cfg: StudyConfig, # a validated config
             rows.append(dict(stage=f"distilled/{v}", what=f"train {steps}; evaluate", training=training(v), runs=1, steps=d.max_steps,
                              passes=evaluation(shape.params * wb) + [heldout, heldout]))
         if d.bake: rows.append(dict(stage="distilled/bake", what="evaluate the baked model", passes=evaluation(shape.params * wb) + [heldout, heldout]))
-        if d.trajectory_counts:
-            k = len(d.trajectory_counts)
+        if count_trainings(d):
+            k = len(count_trainings(d))  # the count equal to n_trajectories of a trained variant reuses its stage
             rows.append(dict(stage=f"counts ({k} runs)", what=f"{d.count_variant}, {k} x: train {steps}; evaluate", training=training(d.count_variant), runs=k,
                              steps=d.max_steps, passes=[replace(p, answers=p.answers * k) for p in evaluation(shape.params * wb) + [heldout, heldout]]))
     if "baselines" in want and cfg.baselines.models:

@@ -392,6 +392,8 @@ def summary_row(summary: dict, # from `evaluate`
     for m_ in METRICS:
         if m_ in summary:
             row[f"{m_}_mean"], row[f"{m_}_std"], row[f"{m_}_none"] = summary[m_]["mean"], summary[m_]["std"], summary[m_]["n_none"]
+            n_ = summary[m_].get("n") or 0  # the answers with a value: the standard error of the mean
+            row[f"{m_}_se"] = summary[m_]["std"] / n_ ** 0.5 if n_ > 1 and summary[m_]["std"] is not None else None
     return row
 
 # %% ../nbs/04_steering.ipynb #f22b1813
@@ -401,6 +403,7 @@ def readable(x, # a table cell's value
     "A number for reading: counts as 576 / 2.44 M / 134.6 M / 7.62 B, other floats with 3 decimals, missing as '—'."
     import math
     if x is None or (isinstance(x, float) and math.isnan(x)): return "—"
+    if isinstance(x, (list, tuple)): return "[" + ", ".join(readable(v, column) for v in x) + "]"  # an interval
     if isinstance(x, bool) or not isinstance(x, (int, float)): return str(x)
     count = column.endswith("params") or column.startswith("n_") or isinstance(x, int) or float(x).is_integer() and column in ("layer", "steps")
     if not count: return f"{x:.3f}"
@@ -419,13 +422,15 @@ def sweep_table(df, # rows from `sweep` (or any summary rows)
     import pandas as pd
     out = df[list(keys)].astype(object).copy()
     for k in keys:
-        if k not in ("alpha",): out[k] = [readable(x, k) for x in df[k]]
+        out[k] = [f"{x:g}" if k == "alpha" and isinstance(x, (int, float)) else readable(x, k) for x in df[k]]
     for m_ in METRICS:
         if f"{m_}_mean" not in df: continue
         fmt = lambda r: "—" if pd.isna(r[f"{m_}_mean"]) else f"{r[f'{m_}_mean']:.{digits if m_ != 'logprob' and m_ != 'projection' else 3}f} ± {r[f'{m_}_std']:.{digits if m_ != 'logprob' and m_ != 'projection' else 3}f}"
         out[m_] = df.apply(fmt, axis=1)
+        if m_ in ("trait_index", "trait_score") and f"{m_}_se" in df:  # how far the mean itself is known
+            out[f"{m_} s.e."] = [readable(x) if x is None or pd.isna(x) else f"{x:.{digits}f}" for x in df[f"{m_}_se"]]
         if df[f"{m_}_none"].sum(): out[f"{m_} None"] = df[f"{m_}_none"]
-    return out.to_markdown(index=False)
+    return out.to_markdown(index=False, disable_numparse=True)  # every cell as formatted above ('15.0' stays '15.0')
 
 def write_table(df, # summary rows
                 path: str | Path, # destination without suffix: writes .csv and .md

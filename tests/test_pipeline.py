@@ -178,3 +178,45 @@ def test_reruns_exactly_what_is_missing_changed_or_depends_on_a_change(config, t
     assert sorted(run(steering={"monitor_layer": 3}, sweeps={"alphas": [0.0, 2.0, 4.0]}, evaluation={"n_samples": 3})) == sorted(sweep + ["steer/L2_a4"])
     log = (tmp_path/"run"/"log.txt").read_text()
     assert "outputs missing (persona.safetensors missing)" in log and "outputs changed (answers.jsonl changed)" in log
+
+
+@pytest.mark.slow  # about 20 s on 2 cores: a small study on a tiny model
+def test_auto_operating_point(config, tmp_path):
+    "steering.layer = alpha = 'auto': the layer, then the coefficient, chosen from the sweeps by the stated rule; later stages use them."
+    from persona_vectors.pipeline import validate_config, Study, UserError
+    import tomllib
+    raw = tomllib.loads(SMALL.format(model=config.parent/"model"))
+    raw["extraction"].update(n_questions=4, n_per_question=1); raw["evaluation"].update(n_questions=2, n_samples=3)
+    raw.update(steering={"layer": "auto", "alpha": "auto", "max_logprob_drop": 0.02},
+               sweeps={"alphas": [0.0, 2.0, 4.0], "layers": [1, 3], "layer_alpha": 64.0},
+               distillation=dict(variants=[], trajectory_counts=[], n_trajectories=4, n_heldout=2, max_new_tokens=4))
+    stages = ["artifacts", "extraction", "vector", "sweeps"]
+    # a budget no swept setting meets (alpha 64 turns a tiny model's answers to noise) stops the study, naming the budget
+    # and the most coherent candidate
+    with pytest.raises(UserError, match=r"steering.layer = 'auto': no swept setting stays within the coherence budget \(strongest mean "
+                                        r"trait index with mean log-prob at most 0.02 nats below .* The most coherent, layer \d alpha 64, has a "
+                                        r"log-prob drop of"):
+        Study(validate_config(raw), tmp_path/"run", quiet=True, progress=False).run_stages(stages)
+    man = manifest(tmp_path/"run")
+    mean = lambda l, a, m: man["steer/base" if a == 0 else f"steer/L{l}_a{a:g}"]["summary"][m]["mean"]
+    drop = lambda l, a: mean(l, 0, "logprob") - mean(l, a, "logprob")
+    assert min(drop(l, 64.0) for l in (1, 3)) > 0.02
+    # the same sweeps with a budget that fits: the rule, recomputed here from the evaluations' summaries, gives the choice
+    raw.update(steering={**raw["steering"], "max_logprob_drop": 1.0}, sweeps={**raw["sweeps"], "layer_alpha": 2.0})
+    s = Study(validate_config(raw), tmp_path/"run", quiet=True, progress=False)
+    s.run_stages(stages)
+    man = manifest(tmp_path/"run")
+    def rule(settings): return max([x for x in settings if drop(*x) <= 1.0], key=lambda x: mean(*x, "trait_index"))
+    L, _ = rule([(l, 2.0) for l in (1, 3)])
+    _, A = rule([(L, a) for a in (2.0, 4.0)])
+    print({f"L{l}_a{a:g}": (round(mean(l, a, "trait_index"), 1), round(drop(l, a), 2)) for l, a in [(1, 2.0), (3, 2.0), (L, 4.0)]}, "-> chosen", (L, A))
+    assert s.point() == (L, A) and man["operating_point/layer"]["summary"]["layer"] == L and man["operating_point/alpha"]["summary"]["alpha"] == A
+    assert [c["within_budget"] for c in man["operating_point/alpha"]["summary"]["candidates"]] == [drop(L, a) <= 1.0 for a in (2.0, 4.0)]
+    # the monitor reads the best held-out layer (layer 'auto', no monitor_layer); the steered teacher is the chosen point
+    sep = json.loads((tmp_path/"run"/"vector"/"separation.json").read_text())
+    assert man["vector"]["summary"]["monitor_layer"] == int(max(sep, key=sep.get))
+    s.trajectories(); s.report()
+    man = manifest(tmp_path/"run")
+    assert (man["trajectories"]["inputs"]["layer"], man["trajectories"]["inputs"]["alpha"]) == (L, A)
+    rep = (tmp_path/"run"/"report.md").read_text()
+    assert "## Operating point: layer" in rep and "## Operating point: alpha" in rep and f"chosen: **layer {L}, alpha {A:g}**" in rep
