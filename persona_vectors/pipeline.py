@@ -983,7 +983,7 @@ def plan(cfg: StudyConfig) -> "pd.DataFrame":
         n = max([d.n_trajectories] + list(d.trajectory_counts))
         rows.append(dict(stage="trajectories", what=f"{n} train + {d.n_heldout} held out, {d.max_new_tokens} tokens", answers=n + d.n_heldout, judge_calls=0))
         k = len(d.variants) + bool(d.bake) + len(count_trainings(d))
-        rows.append(dict(stage="distillation", what=f"{len(d.variants)} variants + {'bake + ' if d.bake else ''}{len(d.trajectory_counts)} counts, "
+        rows.append(dict(stage="distillation", what=f"{len(d.variants)} variants + {'bake + ' if d.bake else ''}{len(count_trainings(d))} count runs, "
                          f"{d.max_steps} steps x {d.batch_size} x {d.grad_accum}", answers=k * per_eval, judge_calls=k * per_eval * judged))
     if "baselines" in want and cfg.baselines.models:
         rows.append(dict(stage="baselines", what=f"{len(cfg.baselines.models)} models x {per_eval}", answers=len(cfg.baselines.models) * per_eval,

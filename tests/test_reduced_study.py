@@ -16,6 +16,7 @@ REDUCED = ";".join([
     "sweeps.alphas=[0.0, 4.0, 8.0]", "sweeps.layers=[]",
     "distillation.n_trajectories=48", "distillation.max_new_tokens=32", "distillation.trajectory_counts=[]",
     "distillation.max_steps=20", "distillation.n_heldout=12", "distillation.learning_rate=1e-3",
+    "steering.alpha=4.0",  # fixed: the claims below are about alpha 4 and 8 (the demo chooses its alpha from a wider sweep)
 ])
 
 
