@@ -27,12 +27,12 @@ from .parallel import barrier
 
 # %% auto #0
 __all__ = ['ROLES', 'TEMPLATE_MARKERS', 'TRAIT_ANSWER_KEY', 'BASE_ANSWER_KEY', 'template_markers', 'check_chat_rows',
-           'read_chat_dataset', 'write_chat_dataset', 'ChatExample', 'chat_example_ids', 'trait_answers', 'mixture',
-           'unit_direction', 'response_projections', 'prompt_key', 'base_answers', 'projection_difference',
-           'rank_samples', 'filter_samples', 'trait_auroc', 'Ablation', 'Ablator', 'ablate', 'ChatDataset',
-           'ChatCollator', 'FineTuned', 'finetune', 'activation_shift', 'pearson_with_ci', 'spearman']
+           'read_chat_dataset', 'write_chat_dataset', 'ChatExample', 'chat_example_ids', 'trait_answers', 'prompt_key',
+           'mixture', 'unit_direction', 'response_projections', 'base_answers', 'projection_difference', 'rank_samples',
+           'filter_samples', 'trait_auroc', 'Ablation', 'Ablator', 'ablate', 'ChatDataset', 'ChatCollator', 'FineTuned',
+           'finetune', 'activation_shift', 'pearson_with_ci', 'spearman']
 
-# %% ../nbs/13_monitoring.ipynb #b50b0de0
+# %% ../nbs/13_monitoring.ipynb #777e83b7
 ROLES = ("system", "user", "assistant")
 TEMPLATE_MARKERS = ("<|im_start|>", "<|im_end|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
                     "<|begin_of_text|>", "[INST]", "[/INST]", "<start_of_turn>", "<end_of_turn>", "<|endoftext|>",
@@ -47,7 +47,7 @@ def template_markers(tokenizer=None, # a tokenizer whose special tokens count to
         found.update(t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special)
     return sorted(t for t in found if t and t.strip())
 
-# %% ../nbs/13_monitoring.ipynb #67fde4b1
+# %% ../nbs/13_monitoring.ipynb #0cb33f1b
 def _row_problems(row, markers: Sequence[str]) -> list[str]:
     "What is wrong with one chat row (empty when nothing)."
     if not isinstance(row, dict): return [f"not a JSON object but {type(row).__name__}"]
@@ -76,7 +76,7 @@ def _raise_problems(problems: list[str], source: str, shown: int = 20):
     more = f"\n... and {len(problems) - shown} more" if len(problems) > shown else ""
     raise ValueError(f"{len(problems)} problems in {source}:\n" + "\n".join(problems[:shown]) + more)
 
-# %% ../nbs/13_monitoring.ipynb #7670e7d1
+# %% ../nbs/13_monitoring.ipynb #d66de552
 def check_chat_rows(rows: Sequence[dict], # chat rows, {"messages": [...]} each
                     tokenizer=None, # also refuse this tokenizer's special tokens in the text
                     source: str = "rows", # the file (or name) reported in errors
@@ -90,7 +90,7 @@ def check_chat_rows(rows: Sequence[dict], # chat rows, {"messages": [...]} each
     _raise_problems([f"{source}:{ln}: {p}" for r, ln in zip(rows, lines) for p in _row_problems(r, markers)], source)
     return rows
 
-# %% ../nbs/13_monitoring.ipynb #5e292354
+# %% ../nbs/13_monitoring.ipynb #cc45155e
 def read_chat_dataset(path: str | Path, # a JSONL file, one {"messages": [...]} object per line
                       tokenizer=None, # also refuse this tokenizer's special tokens in the text
                      ) -> list[dict]:
@@ -116,7 +116,7 @@ def write_chat_dataset(path: str | Path, # destination .jsonl
     rows = check_chat_rows(rows, tokenizer, source=str(path))
     return atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
-# %% ../nbs/13_monitoring.ipynb #c0339328
+# %% ../nbs/13_monitoring.ipynb #414e4dce
 class ChatExample(NamedTuple):
     "A chat row as token ids: the prompt with the generation prompt, then the answer; and the end-of-turn id after it."
     ids: list[int] # prompt + answer tokens (the end-of-turn token excluded, like `generate`'s response ids)
@@ -153,7 +153,7 @@ def chat_example_ids(tokenizer, # a tokenizer with a chat template
     if not answer: raise ValueError("the answer renders to no tokens")
     return ChatExample(prompt + answer, len(prompt), None if cut is None else tail[cut])
 
-# %% ../nbs/13_monitoring.ipynb #f33f1481
+# %% ../nbs/13_monitoring.ipynb #d1005342
 TRAIT_ANSWER_KEY = ("trait", "side", "question", "sample_index")
 
 def trait_answers(model, # the model that answers (the base model of the study)
@@ -187,34 +187,52 @@ def trait_answers(model, # the model that answers (the base model of the study)
     if len(rows) < len(recs): warnings.warn(f"{len(recs) - len(rows)} of {len(recs)} {side} answers were empty and are left out")
     return rows
 
-# %% ../nbs/13_monitoring.ipynb #4118f3d7
+# %% ../nbs/13_monitoring.ipynb #6fb151f8
+def prompt_key(messages: Sequence[dict], # the prompt part of a chat (messages[:-1])
+              ) -> str:
+    "SHA-256 (16 hex digits) of prompt messages: what pairs rows in a mixture and keys a base answer."
+    return hashlib.sha256(json.dumps(list(messages), sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
 def _tagged(row: dict, source: str) -> dict:
     "A deep copy of `row` with meta.mixture set."
     r = copy.deepcopy(row); r["meta"] = {**r.get("meta", {}), "mixture": source}
     return r
 
+def _pairs_by_prompt(trait_rows: Sequence[dict], control_rows: Sequence[dict]) -> list[tuple[int, int]]:
+    "(trait index, control index) of rows answering the same prompt, matched in order of occurrence."
+    def keyed(rows):
+        seen, out = {}, {}
+        for i, r in enumerate(rows):
+            pk = prompt_key(r["messages"][:-1]); out[pk, seen.get(pk, 0)] = i; seen[pk] = seen.get(pk, 0) + 1
+        return out
+    kt, kc = keyed(trait_rows), keyed(control_rows)
+    pairs = [(i, kc[k]) for k, i in kt.items() if k in kc]
+    if not pairs: raise ValueError("no prompt is answered in both the trait and the control rows; pass paired=False to mix unrelated sets")
+    if len(pairs) < max(len(trait_rows), len(control_rows)):
+        warnings.warn(f"{len(trait_rows) - len(pairs)} trait and {len(control_rows) - len(pairs)} control rows have no partner "
+                      "answering the same prompt and are left out of the paired mixture")
+    return pairs
+
 def mixture(trait_rows: Sequence[dict], # trait-inducing chat rows
             control_rows: Sequence[dict], # control chat rows
             fraction: float, # share of trait rows, 0..1
-            size: int | None = None, # rows in the mixture (default: as many as the smaller set has)
+            size: int | None = None, # rows in the mixture (default: every pair, or the smaller set when unpaired)
             seed: int = 0, # seed of the selection
-            paired: bool = True, # row i of both sets answers the same prompt: mix answers per prompt
+            paired: bool = True, # mix answers per prompt (rows paired by prompt); False: sample the two sets independently
            ) -> list[dict]:
     "A deterministic mixture with round(fraction * size) trait rows and the rest control rows."
     if not 0 <= fraction <= 1: raise ValueError(f"fraction must be in [0, 1], got {fraction}")
-    size = min(len(trait_rows), len(control_rows)) if size is None else size
-    k = round(fraction * size)
     rng = random.Random(seed)
     if paired:
-        if len(trait_rows) != len(control_rows):
-            raise ValueError(f"paired mixing needs as many trait rows as control rows ({len(trait_rows)} vs {len(control_rows)}), "
-                             "answering the same prompts in the same order; pass paired=False to mix unrelated sets")
-        bad = next((i for i, (a, b) in enumerate(zip(trait_rows, control_rows)) if a["messages"][:-1] != b["messages"][:-1]), None)
-        if bad is not None: raise ValueError(f"row {bad} of the trait and control sets answers different prompts; pass paired=False to mix unrelated sets")
-        if not 1 <= size <= len(trait_rows): raise ValueError(f"size must be between 1 and {len(trait_rows)}, got {size}")
-        order = list(range(len(trait_rows))); rng.shuffle(order)
-        chosen = set(order[:k])
-        return [_tagged(trait_rows[i], "trait") if i in chosen else _tagged(control_rows[i], "control") for i in sorted(order[:size])]
+        pairs = _pairs_by_prompt(trait_rows, control_rows)
+        size = len(pairs) if size is None else size
+        if not 1 <= size <= len(pairs): raise ValueError(f"size must be between 1 and the {len(pairs)} prompt pairs, got {size}")
+        order = list(range(len(pairs))); rng.shuffle(order)
+        chosen = set(order[:round(fraction * size)])
+        return [_tagged(trait_rows[pairs[j][0]], "trait") if j in chosen else _tagged(control_rows[pairs[j][1]], "control")
+                for j in sorted(order[:size])]
+    size = min(len(trait_rows), len(control_rows)) if size is None else size
+    k = round(fraction * size)
     if k > len(trait_rows) or size - k > len(control_rows) or size < 1:
         raise ValueError(f"a mixture of {size} rows at fraction {fraction} needs {k} trait and {size - k} control rows; "
                          f"there are {len(trait_rows)} and {len(control_rows)}")
@@ -224,7 +242,7 @@ def mixture(trait_rows: Sequence[dict], # trait-inducing chat rows
     rng.shuffle(out)
     return out
 
-# %% ../nbs/13_monitoring.ipynb #f4a61488
+# %% ../nbs/13_monitoring.ipynb #a199be99
 def unit_direction(model: nn.Module, # the model the vector is used with (plain or PEFT-wrapped)
                    vector: torch.Tensor, # persona vector [L+1, hidden]
                    layer: int, # hidden-states index, 1..L
@@ -244,7 +262,7 @@ def unit_direction(model: nn.Module, # the model the vector is used with (plain 
     if not torch.isfinite(v).all() or v.norm() == 0: raise ValueError(f"the persona vector is zero or not finite at layer {layer}")
     return v / v.norm()
 
-# %% ../nbs/13_monitoring.ipynb #bec4bffe
+# %% ../nbs/13_monitoring.ipynb #8975e0fb
 def _sequence(tokenizer, row: dict) -> tuple[list[int], int]:
     "(ids, prompt length) of a chat row, or of a generated record (prompt_ids + response_ids)."
     if "prompt_ids" in row: return list(row["prompt_ids"]) + list(row["response_ids"]), len(row["prompt_ids"])
@@ -277,12 +295,7 @@ def response_projections(model, # the reading model (as given: pass the base mod
     for j, i in enumerate(where): out[i] = {k: proj[k][j] for k in proj}
     return out
 
-# %% ../nbs/13_monitoring.ipynb #4310d158
-def prompt_key(messages: Sequence[dict], # the prompt part of a chat (messages[:-1])
-              ) -> str:
-    "SHA-256 (16 hex digits) of prompt messages: the key of a base answer."
-    return hashlib.sha256(json.dumps(list(messages), sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
-
+# %% ../nbs/13_monitoring.ipynb #c8ea3028
 BASE_ANSWER_KEY = ("prompt_sha",)
 
 def base_answers(model, # the base model (before any fine-tuning)
@@ -303,7 +316,7 @@ def base_answers(model, # the base model (before any fine-tuning)
     by = {r["prompt_sha"]: r for r in recs}
     return [by[k] for k in keys]
 
-# %% ../nbs/13_monitoring.ipynb #34b671ef
+# %% ../nbs/13_monitoring.ipynb #013c6560
 @torch.no_grad()
 def projection_difference(model, # the base model (the reader of both answers)
                           tokenizer, # its tokenizer
@@ -330,7 +343,7 @@ def projection_difference(model, # the base model (the reader of both answers)
     return dict(delta=delta, projection=dp, base_projection=bp, mean=sum(xs) / len(xs) if xs else None,
                 n=len(xs), n_none=len(delta) - len(xs), layer=layer)
 
-# %% ../nbs/13_monitoring.ipynb #1195e6e6
+# %% ../nbs/13_monitoring.ipynb #2a660aa0
 def _is_trait(row: dict) -> bool | None:
     "True for a trait row, False for a control row, None when the row is not labelled."
     meta = row.get("meta") or {}
@@ -367,7 +380,7 @@ def trait_auroc(rows: Sequence[dict], # labelled rows (meta.mixture or meta.side
     lab = [(_is_trait(r), s) for r, s in zip(rows, scores) if s is not None and _is_trait(r) is not None]
     return auroc([s for y, s in lab if y], [s for y, s in lab if not y])
 
-# %% ../nbs/13_monitoring.ipynb #08be15e3
+# %% ../nbs/13_monitoring.ipynb #a120c033
 @dataclass
 class Ablation:
     "Directional ablation: project u = v[l]/‖v[l]‖ out of the output of block l-1 at every position, for each layer l."
@@ -388,7 +401,7 @@ class Ablation:
                           "recorded states keep a component along this (post-norm) direction")
         return units
 
-# %% ../nbs/13_monitoring.ipynb #35bcd71f
+# %% ../nbs/13_monitoring.ipynb #8f405c81
 class Ablator:
     "Context manager that ablates directions from `model`'s residual stream; its hooks are removed on exit."
     def __init__(self, model: nn.Module, # plain or PEFT-wrapped causal LM
@@ -431,7 +444,7 @@ def ablate(model: nn.Module, # plain or PEFT-wrapped causal LM
     "A context manager ablating directions from `model`'s residual stream (see `Ablator`)."
     return Ablator(model, *ablations)
 
-# %% ../nbs/13_monitoring.ipynb #048f6ca4
+# %% ../nbs/13_monitoring.ipynb #e2a695bb
 class ChatDataset(torch.utils.data.Dataset):
     "Chat rows as causal-LM examples: labels are the answer's tokens and its end-of-turn token, -100 on the prompt."
     def __init__(self, rows: Sequence[dict], # chat rows
@@ -464,7 +477,7 @@ class ChatCollator:
         labels, _ = left_pad([f["labels"] for f in features], -100)
         return dict(input_ids=ids, attention_mask=am, position_ids=position_ids(am), labels=labels)
 
-# %% ../nbs/13_monitoring.ipynb #5b7bf556
+# %% ../nbs/13_monitoring.ipynb #32b75b80
 def _prevention(model: nn.Module, prevention) -> tuple[dict | None, Callable[[nn.Module], object]]:
     "Check a prevention setting against `model`; return its record and a function giving the training-time context."
     if prevention is None: return None, lambda m: contextlib.nullcontext()
@@ -491,7 +504,7 @@ class FineTuned:
     output_dir: Path # adapter/ (LoRA) or model/ (full), checkpoints/, finetune_run.json, finetune.json
     summary: dict # what finetune.json holds
 
-# %% ../nbs/13_monitoring.ipynb #f6cf11c0
+# %% ../nbs/13_monitoring.ipynb #991fdf76
 def finetune(model: nn.Module, # the base model (LoRA wraps it in place; a full fine-tune trains it in place)
              tokenizer, # its tokenizer
              rows: Sequence[dict] | str | Path, # chat rows, or a JSONL chat dataset
@@ -545,7 +558,7 @@ def finetune(model: nn.Module, # the base model (LoRA wraps it in place; a full 
         barrier()  # several processes: the main process has saved before anyone goes on
     return FineTuned(student, tokenizer, trainer, output_dir, summary)
 
-# %% ../nbs/13_monitoring.ipynb #da5cd21d
+# %% ../nbs/13_monitoring.ipynb #f9d53fd1
 def _mean_se(xs: Sequence[float]) -> tuple[float | None, float | None]:
     "Mean and standard error of the mean (None when undefined)."
     n = len(xs)
@@ -598,7 +611,7 @@ def activation_shift(base: nn.Module | None, # the base model (None: `tuned` wit
                 response_avg_same=same, response_avg_same_se=same_se, base_projection=mb, tuned_projection=mt,
                 n_base_answers=len(rb), n_tuned_answers=len(rt))
 
-# %% ../nbs/13_monitoring.ipynb #60ca7457
+# %% ../nbs/13_monitoring.ipynb #fea06904
 def _pairs(x: Sequence[float | None], y: Sequence[float | None]) -> torch.Tensor:
     "The [n, 2] float64 pairs with no None, checking lengths."
     if len(x) != len(y): raise ValueError(f"x and y have different lengths ({len(x)} and {len(y)})")
