@@ -128,13 +128,13 @@ def run(ctx: Ctx) -> list[dict]:
     mnote = (f"Peak memory of one call (a batch of {BATCH} answers for the project, one answer for the script). " +
              ("Goal met: forward hooks reduce each block's output into the running means as it is produced (no "
               "`output_hidden_states`, which kept all L+1 layers of the batch: 3.03x before), only one logit row per "
-              "sequence is computed (`logits_to_keep=1`), and `max_tokens` (default 1024) caps the padded tokens of one "
+              "sequence is computed (`logits_to_keep=1`), and `max_tokens` (256 padded tokens on a CPU) caps one "
               "forward pass, which bounds the block's own intermediate activations (the MLP's grow with every token of the "
               f"batch: 1.66x with the hooks alone on {BATCH} uncapped rows). The script holds, for one answer, every "
               f"layer's hidden states and [T, vocab] logits ({hidden_b / BATCH / 2 ** 20:.1f} + {logits_b / BATCH / 2 ** 20:.1f} MiB "
               "for the longest answer)." if rm <= 1 else
               "Not met: what remains is the block's own intermediate activations for every token of a forward pass; "
-              "lower `max_tokens` (default 1024) bounds them."))
+              "lower `max_tokens` (256 on a CPU) bounds them."))
     return [
         row("extraction", f"activation_means_{N}_time", "s", t["project"], t["baseline"], "<= 1.0", rt <= 1.0, tnote,
             project_floor_x=t["project"] / floor, baseline_floor_x=t["baseline"] / floor, **common),

@@ -20,9 +20,9 @@ from .records import atomic_write, write_json, read_json, RecordLog
 from .parallel import gather_shards, is_main
 
 # %% auto #0
-__all__ = ['CONTRASTIVE_KEY', 'VARIANTS', 'contrastive_prompts', 'contrastive_answers', 'filter_pairs', 'token_batches',
-           'final_norm', 'activation_means', 'persona_vector', 'extract', 'save_vector', 'load_vector', 'export_pt',
-           'import_pt']
+__all__ = ['CONTRASTIVE_KEY', 'MAX_TOKENS', 'VARIANTS', 'contrastive_prompts', 'contrastive_answers', 'filter_pairs',
+           'token_batches', 'final_norm', 'activation_means', 'persona_vector', 'extract', 'save_vector', 'load_vector',
+           'export_pt', 'import_pt']
 
 # %% ../nbs/03_extraction.ipynb #f7c10f6f
 def contrastive_prompts(tokenizer, # the model's tokenizer
@@ -120,11 +120,13 @@ def final_norm(model: nn.Module, # a transformers causal LM, possibly PEFT-wrapp
     if found: return found[0]
     raise ValueError(f"cannot find the final norm of {type(m).__name__}; looked for {_FINAL_NORMS}")
 
+MAX_TOKENS = {"cpu": 256, "cuda": 8192}  # padded tokens per forward pass of `activation_means`, by device type
+
 @torch.no_grad()
 def _means_of(model, seqs, batch_size, logprob, pad_id, dtype, layers, progress, max_tokens=None) -> dict[str, torch.Tensor]:
     "The body of `activation_means` on one process's sequences: every layer reduced as the forward pass produces it."
     device = next(model.parameters()).device
-    batches = token_batches([len(s[0]) for s in seqs], batch_size, max_tokens)
+    batches = token_batches([len(s[0]) for s in seqs], batch_size, max_tokens or MAX_TOKENS.get(device.type, MAX_TOKENS["cuda"]))
     blocks = decoder_layers(model); L = len(blocks)
     layers = list(range(L + 1)) if layers is None else list(layers)
     N, L1, H = len(seqs), len(layers), hidden_size(model)
@@ -179,7 +181,7 @@ def _check_seqs(seqs):
 def activation_means(model, # plain or PEFT-wrapped causal LM
                      seqs: Sequence[tuple[Sequence[int], int]], # (prompt+response ids, prompt length) per answer
                      batch_size: int = 16, # sequences per forward batch
-                     max_tokens: int | None = 1024, # and at most this many padded tokens per batch (bounds a block's activations); None: no cap
+                     max_tokens: int | None = None, # and at most this many padded tokens per batch (bounds a block's activations); None: `MAX_TOKENS` of the device
                      logprob: bool = False, # also return the mean log-prob of the response tokens ('response_logprob', [N])
                      pad_id: int = 0, # any id: padded positions are masked out
                      dtype: torch.dtype = torch.float32, # dtype of the returned means (computed in at least float32)
