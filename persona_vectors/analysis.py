@@ -235,6 +235,8 @@ def write_report(directory: str | Path, # a run directory
     if len(nt):
         teacher = dt[dt.variant.str.startswith("steered")].iloc[0].to_dict() if len(dt) and dt.variant.str.startswith("steered").any() else None
         section("Trajectory counts", nt, "trajectory_counts", ["n_trajectories"] + [c for c in DISTILL_COLS if c in nt], plot_counts(nt, teacher))
+    from persona_vectors.monitoring import monitoring_report  # 13_monitoring: its section, when the run has its stages
+    parts += monitoring_report(d)
     if len(run.done("steer/")):
         fig = plot_scatter(run); save_figure(fig, d/"figures"/"answers_scatter"); plt.close(fig)
         parts += ["## Answers", "", "![trait vs coherence](figures/answers_scatter.png)", ""]
@@ -283,7 +285,8 @@ def headline(directory: str | Path, # a run directory
 
 # %% ../nbs/07_analysis.ipynb #f38d2f9e
 DEMO_FILES = ("config.json", "manifest.json", "log.txt", "report.md", "tables/*", "figures/*.png", "steer/*/*.jsonl", "vector/*.json",
-              "operating_point/*/*.json")
+              "operating_point/*/*.json", "monitoring/data/*.jsonl", "monitoring/screening/*", "monitoring/finetune/*/eval/*.jsonl",
+              "monitoring/finetune/*/train/finetune.json", "monitoring/suppression/*/*.jsonl")
 
 def refresh_demo_run(dest: str | Path, # where the copy goes (the docs use nbs/demo_run)
                      source: str | Path = "runs/demo", # a finished run directory

@@ -30,7 +30,7 @@ __all__ = ['ROLES', 'TEMPLATE_MARKERS', 'TRAIT_ANSWER_KEY', 'BASE_ANSWER_KEY', '
            'read_chat_dataset', 'write_chat_dataset', 'ChatExample', 'chat_example_ids', 'trait_answers', 'prompt_key',
            'mixture', 'unit_direction', 'response_projections', 'base_answers', 'projection_difference', 'rank_samples',
            'filter_samples', 'trait_auroc', 'Ablation', 'Ablator', 'ablate', 'ChatDataset', 'ChatCollator', 'FineTuned',
-           'finetune', 'activation_shift', 'pearson_with_ci', 'spearman']
+           'finetune', 'activation_shift', 'pearson_with_ci', 'spearman', 'monitoring_report']
 
 # %% ../nbs/13_monitoring.ipynb #777e83b7
 ROLES = ("system", "user", "assistant")
@@ -647,3 +647,212 @@ def spearman(x: Sequence[float | None], # one value per unit
     if len(p) < 3: raise ValueError(f"a correlation needs at least 3 complete pairs, got {len(p)}")
     ranks = torch.tensor(pd.DataFrame(p.numpy()).rank(method="average").to_numpy(), dtype=torch.float64)
     return _pearson(ranks).item()
+
+# %% ../nbs/13_monitoring.ipynb #ea79159b
+from fastcore.basics import patch
+from .pipeline import Study, UserError
+
+# %% ../nbs/13_monitoring.ipynb #45e35132
+@patch
+def monitoring_layer(self: Study) -> int:
+    "The layer the monitoring stages read, steer and ablate: `monitoring.layer`, else the monitor's (after the vector stage)."
+    return self.cfg.monitoring.layer or read_json(self.run.path("vector")/"monitor.json")["layer"]
+
+@patch
+def monitoring_data(self: Study):
+    "Stage `monitoring/data`: trait and control answers without the system prompt, and the mixtures."
+    from persona_vectors.models import Sampling
+    mc, e = self.cfg.monitoring, self.cfg.extraction
+    inputs = dict(model=self.cfg.model.name, seed=self.cfg.seed, n_per_question=mc.n_per_question, max_new_tokens=mc.max_new_tokens,
+                  temperature=e.temperature, top_p=e.top_p, questions_from=e.n_questions, fractions=list(mc.fractions), size=mc.size)
+    def fn(out):
+        m, t = self.model(); tr = self.trait()
+        qs = tr.extract_questions[e.n_questions:]
+        smp = Sampling(temperature=e.temperature, top_p=e.top_p, max_new_tokens=mc.max_new_tokens, seed=self.cfg.seed + 5)
+        rows = {side: trait_answers(m, t, tr, side, qs, mc.n_per_question, smp, self.cfg.evaluation.batch_size,
+                                    log=out/f"{side}_answers.jsonl", progress=self.progress) for side in ("pos", "neg")}
+        write_chat_dataset(out/"trait.jsonl", rows["pos"], t); write_chat_dataset(out/"control.jsonl", rows["neg"], t)
+        for f in mc.fractions:
+            write_chat_dataset(out/f"mixture_{f:g}.jsonl", mixture(rows["pos"], rows["neg"], f, mc.size, self.cfg.seed), t)
+        return dict(questions=len(qs), trait_rows=len(rows["pos"]), control_rows=len(rows["neg"]), mixtures=len(mc.fractions))
+    return self.run.stage("monitoring/data", inputs, ["artifacts"], fn)
+
+# %% ../nbs/13_monitoring.ipynb #f3541006
+@patch
+def screening(self: Study):
+    "Stage `monitoring/screening`: base answers, per-sample ΔP and its AUROC, dataset ΔP per mixture, the ranking."
+    import pandas as pd
+    from persona_vectors.models import Sampling
+    from persona_vectors.extraction import load_vector
+    mc, e = self.cfg.monitoring, self.cfg.extraction
+    inputs = dict(layer=mc.layer, batch_size=self.cfg.evaluation.batch_size)
+    def fn(out):
+        m, t = self.model(); d = self.run.path("monitoring/data")
+        vec, layer = self.steering_vector(), self.monitoring_layer()
+        rows = read_chat_dataset(d/"trait.jsonl", t) + read_chat_dataset(d/"control.jsonl", t)
+        smp = Sampling(temperature=e.temperature, top_p=e.top_p, max_new_tokens=mc.max_new_tokens, seed=self.cfg.seed + 6)
+        base = base_answers(m, t, rows, smp, self.cfg.evaluation.batch_size, log=out/"base_answers.jsonl", progress=self.progress)
+        pd_ = projection_difference(m, t, rows, base, vec, layer, self.cfg.evaluation.batch_size, progress=self.progress)
+        key = lambda r: (r["meta"]["side"], prompt_key(r["messages"][:-1]), r["meta"]["sample_index"])
+        delta = {key(r): x for r, x in zip(rows, pd_["delta"])}
+        dp = {}
+        for f in mc.fractions:  # a mixture's rows are rows of the two sets: its ΔP is the mean of theirs
+            xs = [delta[key(r)] for r in read_chat_dataset(d/f"mixture_{f:g}.jsonl", t)]
+            xs = [x for x in xs if x is not None]; dp[f"{f:g}"] = sum(xs) / len(xs) if xs else None
+        ranked = pd.DataFrame(rank_samples(rows, pd_["delta"])).assign(
+            projection=lambda x: [pd_["projection"][i] for i in x["index"]], base_projection=lambda x: [pd_["base_projection"][i] for i in x["index"]])
+        atomic_write(out/"samples.csv", ranked.to_csv(index=False))
+        top = ranked.head(len(ranked) // 2)
+        return dict(layer=layer, n=pd_["n"], auroc_delta=trait_auroc(rows, pd_["delta"]), auroc_projection=trait_auroc(rows, pd_["projection"]),
+                    dataset_dp=dp, trait_share_top_half=float(top["trait"].mean()))
+    return self.run.stage("monitoring/screening", inputs, ["monitoring/data", "vector"], fn)
+
+# %% ../nbs/13_monitoring.ipynb #9e2524cb
+def _finetune_config(self: Study) -> DistillConfig:
+    "The fine-tunes' LoRA configuration, from the [monitoring] section."
+    mc, d = self.cfg.monitoring, self.cfg.distillation
+    return DistillConfig(method="lora", r=mc.lora_r, lora_alpha=d.lora_alpha_ratio * mc.lora_r, target_modules=list(d.target_modules),
+                         max_steps=mc.max_steps, batch_size=mc.batch_size, grad_accum=mc.grad_accum, learning_rate=mc.learning_rate,
+                         seed=self.cfg.seed, save_steps=mc.max_steps, logging_steps=max(1, mc.max_steps // 4))
+
+@patch
+def monitored_finetune(self: Study, name: str, # 'mix<f>', 'prevent<coef>' or 'ablate'
+                       fraction: float, # the mixture trained on
+                       prevention: float | None = None, # preventative steering coefficient (all positions, the monitoring layer)
+                       ablation: bool = False, # ablate the direction while training instead
+                      ):
+    "Stage `monitoring/finetune/<name>`: fine-tune a fresh base model on a mixture, evaluate it hook-free, measure its shift."
+    from persona_vectors.models import load_model
+    from persona_vectors.steering import evaluate
+    ev, c = self.cfg.evaluation, self.cfg.model
+    cfg = _finetune_config(self)
+    inputs = dict(fraction=fraction, prevention=prevention, ablation=ablation, layer=self.cfg.monitoring.layer, config=asdict(cfg),
+                  evaluation=ev.model_dump(), judge=self.judge_inputs())
+    def fn(out):
+        m, t = self.model(); tr = self.trait()
+        vec, layer = self.steering_vector(), self.monitoring_layer()
+        student, _ = load_model(c.name, dtype=m.dtype, device=None if c.device == "auto" else c.device)
+        hook = (Ablation(vec, [layer]) if ablation else [Steering(vec, layer, prevention, "all")] if prevention else None)
+        ft = finetune(student, t, self.run.path("monitoring/data")/f"mixture_{fraction:g}.jsonl", out/"train", cfg, prevention=hook,
+                      progress=self.progress)
+        recs, summ = evaluate(ft.model, t, tr.eval_questions[:ev.n_questions], n=ev.n_samples, sampling=self.sampling(ev, 1),
+                              monitor=self.monitor(), judge=self.judge(), trait=tr if self.judge() else None, label=name,
+                              store=out/"eval", batch_size=ev.batch_size, progress=self.progress)
+        base = RecordLog(self.run.path("steer/base")/"answers.jsonl", ("label", "question_index", "sample_index")).records
+        sh = activation_shift(None, ft.model, t, None, vec, layer, answers=dict(base=base, tuned=recs), batch_size=ev.batch_size)
+        del ft, student
+        return dict(summ, name=name, fraction=fraction, prevention=prevention, ablation=ablation, layer=layer,
+                    **{f"shift_{k}": sh[k] for k in ("prompt_last", "prompt_last_se", "response_avg", "response_avg_se")})
+    return self.run.stage(f"monitoring/finetune/{name}", inputs, ["monitoring/data", "vector", "steer/base"], fn)
+
+# %% ../nbs/13_monitoring.ipynb #0d741a51
+@patch
+def suppression(self: Study, alpha: float, # the steering coefficient (negative suppresses)
+               ):
+    "Stage `monitoring/suppression/a<alpha>`: the fraction-1 fine-tune evaluated while steered at the monitoring layer."
+    from peft import PeftModel
+    from persona_vectors.models import load_model
+    from persona_vectors.steering import evaluate
+    ev, c, st = self.cfg.evaluation, self.cfg.model, self.cfg.steering
+    inputs = dict(alpha=alpha, positions=st.positions, evaluation=ev.model_dump(), judge=self.judge_inputs())
+    def fn(out):
+        m, t = self.model(); tr = self.trait()
+        base, _ = load_model(c.name, dtype=m.dtype, device=None if c.device == "auto" else c.device)
+        tuned = PeftModel.from_pretrained(base, str(self.run.path("monitoring/finetune/mix1")/"train"/"adapter")).eval()
+        s = Steering(self.steering_vector(), self.monitoring_layer(), alpha, st.positions)
+        _, summ = evaluate(tuned, t, tr.eval_questions[:ev.n_questions], n=ev.n_samples, sampling=self.sampling(ev, 1), settings=[s],
+                           monitor=self.monitor(), judge=self.judge(), trait=tr if self.judge() else None, label=f"mix1 steered {alpha:g}",
+                           store=out, batch_size=ev.batch_size, progress=self.progress)
+        del tuned, base
+        return dict(summ, alpha=alpha)
+    return self.run.stage(f"monitoring/suppression/a{alpha:g}", inputs, ["monitoring/finetune/mix1"], fn)
+
+@patch
+def monitoring(self: Study):
+    "Stages of monitoring and prevention: data, screening, the fine-tunes, suppression (13_monitoring)."
+    mc = self.cfg.monitoring
+    self.steer_eval(1, 0.0)  # the unsteered base: its answers are the shift's reference (done already when the sweeps ran)
+    self.monitoring_data(); self.screening()
+    for f in mc.fractions: self.monitored_finetune(f"mix{f:g}", f)
+    for a in mc.prevention_alphas:
+        if a: self.monitored_finetune(f"prevent{a:g}", 1.0, prevention=a)  # coefficient 0 is mix1 itself, bit for bit
+    if mc.ablation: self.monitored_finetune("ablate", 1.0, ablation=True)
+    for a in mc.suppression_alphas: self.suppression(a)
+
+# %% ../nbs/13_monitoring.ipynb #3ebadb73
+def _corr(x, y) -> str:
+    "Pearson r [95% bootstrap interval] and Spearman rho of paired values, as text ('—' with fewer than 3 pairs)."
+    try: p, s = pearson_with_ci(x, y), spearman(x, y)
+    except ValueError as e: return f"— ({e})"
+    return f"Pearson r = {p['r']:+.3f} [{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}], Spearman ρ = {s:+.3f} (n = {p['n']})"
+
+def monitoring_report(directory: str | Path, # a run directory
+                     ) -> list[str]:
+    "The report's *Monitoring and prevention* section (markdown lines), writing its tables and figure; [] without monitoring stages."
+    import pandas as pd, matplotlib.pyplot as plt
+    from persona_vectors.analysis import RunView
+    from persona_vectors.steering import summary_row, write_table, save_figure
+    run = RunView(directory); d = run.dir
+    fts, scr = run.done("monitoring/finetune/"), run.manifest.get("monitoring/screening", {}).get("summary")
+    if not fts and not scr: return []
+    (d/"tables").mkdir(exist_ok=True); (d/"figures").mkdir(exist_ok=True)
+    parts = ["## Monitoring and prevention", ""]
+    if scr:
+        parts += [f"**Screening** (13_monitoring) at layer {scr['layer']}, before any fine-tuning: each row's ΔP is the base model's "
+                  "projection of the row's answer onto the vector minus that of its own answer to the same prompt. Per-sample ΔP "
+                  f"separates trait rows from control rows with AUROC {scr['auroc_delta']:.3f} (the raw projection: "
+                  f"{scr['auroc_projection']:.3f}); the half of the rows ranked highest holds {scr['trait_share_top_half']:.0%} trait rows.", ""]
+    mc = run.config.get("monitoring", {})
+    mix = [(f, fts.get(f"monitoring/finetune/mix{f:g}")) for f in mc.get("fractions", [])]
+    mix = pd.DataFrame([summary_row(e["summary"], fraction=f, dataset_dp=(scr or {}).get("dataset_dp", {}).get(f"{f:g}"),
+                                    shift_prompt_last=e["summary"]["shift_prompt_last"], shift_response_avg=e["summary"]["shift_response_avg"])
+                        for f, e in mix if e])
+    if len(mix):
+        keys = ["fraction", "dataset_dp", "shift_prompt_last", "shift_response_avg"]
+        parts += ["**Fine-tuning on the mixtures.** A LoRA fine-tune per trait fraction (evaluated with no hook); `dataset_dp` is the "
+                  "mixture's mean ΔP from the screening; `shift_*` the fine-tuned model's activation along the vector minus the base "
+                  "model's, at the last prompt token and at the response average, on the evaluation prompts.", "",
+                  write_table(mix, d/"tables"/"monitoring_mixtures", keys), "",
+                  f"- dataset ΔP against the fine-tuned trait index, over the mixtures: {_corr(mix.dataset_dp.tolist(), mix.trait_index_mean.tolist())}"]
+    allft = pd.DataFrame([summary_row(e["summary"], name=e["summary"]["name"], shift_prompt_last=e["summary"]["shift_prompt_last"])
+                          for e in fts.values()])
+    if len(allft):
+        parts += [f"- last-prompt-token shift against the trait index, over all {len(allft)} fine-tunes (mixtures, prevention, "
+                  f"ablation): {_corr(allft.shift_prompt_last.tolist(), allft.trait_index_mean.tolist())}"]
+        if "trait_score_mean" in allft and allft.trait_score_mean.notna().sum() >= 3:
+            parts += [f"- the same shift against the judge's trait score: {_corr(allft.shift_prompt_last.tolist(), allft.trait_score_mean.tolist())}"]
+        parts += [""]
+    base = run.manifest.get("steer/base", {}).get("summary")
+    rows = []
+    if base: rows.append(summary_row(base, model="base (no fine-tune)", training="—", inference="—"))
+    one = fts.get("monitoring/finetune/mix1")
+    if one: rows.append(summary_row(one["summary"], model="mix1", training="plain", inference="—", coefficient=0.0, shift_prompt_last=one["summary"]["shift_prompt_last"]))
+    for k, e in sorted(fts.items(), key=lambda kv: kv[1]["summary"].get("prevention") or 0):
+        s = e["summary"]
+        if s.get("prevention"): rows.append(summary_row(s, model=s["name"], training=f"steering +{s['prevention']:g}", inference="—",
+                                                        coefficient=s["prevention"], shift_prompt_last=s["shift_prompt_last"]))
+        elif s.get("ablation"): rows.append(summary_row(s, model=s["name"], training="direction ablated", inference="—", shift_prompt_last=s["shift_prompt_last"]))
+    for k, e in sorted(run.done("monitoring/suppression/").items(), key=lambda kv: -kv[1]["summary"]["alpha"]):
+        s = e["summary"]; rows.append(summary_row(s, model="mix1", training="plain", inference=f"steering {s['alpha']:g}", coefficient=s["alpha"]))
+    prev = pd.DataFrame(rows)
+    if len(prev) > 1:
+        if base: prev["logprob_drop"] = base["logprob"]["mean"] - prev["logprob_mean"]
+        parts += ["**Prevention and suppression.** Fine-tunes on the fraction-1 mixture with the vector added at every position of "
+                  "every training pass (`steering +c`) or the direction projected out (`direction ablated`), evaluated with no hook; "
+                  "and the plain fine-tune steered at inference with a negative coefficient. `logprob_drop`: nats below the base "
+                  "model's mean log-prob (the coherence proxy).", "",
+                  write_table(prev, d/"tables"/"monitoring_prevention", ["model", "training", "inference"] + [c for c in ("logprob_drop", "shift_prompt_last") if c in prev]), ""]
+        fig, ax = plt.subplots(figsize=(5.2, 3.4))
+        for kind, color in (("prevention", "#1f77b4"), ("suppression", "#d62728")):
+            sel = prev[prev.training.str.startswith("steering")] if kind == "prevention" else prev[prev.inference.str.startswith("steering")]
+            sel = pd.concat([prev[prev.model.eq("mix1") & prev.inference.eq("—")], sel]).sort_values("coefficient")
+            ax.errorbar(sel.coefficient, sel.trait_index_mean, yerr=sel.trait_index_se.fillna(0), marker="o", capsize=3, color=color,
+                        label="steering while training" if kind == "prevention" else "steering at inference")
+        if base: ax.axhline(base["trait_index"]["mean"], color="#999999", ls="--", label="base (no fine-tune)")
+        abl = prev[prev.training.eq("direction ablated")]
+        if len(abl): ax.axhline(abl.trait_index_mean.iloc[0], color="#2ca02c", ls=":", label="ablation while training")
+        ax.set_xlabel("steering coefficient"); ax.set_ylabel("trait index (mean ± s.e.)"); ax.grid(alpha=0.3); ax.legend(fontsize=7)
+        ax.set_title("fraction-1 fine-tune: prevention and suppression"); fig.tight_layout()
+        save_figure(fig, d/"figures"/"monitoring_prevention"); plt.close(fig)
+        parts += ["![prevention and suppression](figures/monitoring_prevention.png)", ""]
+    return parts

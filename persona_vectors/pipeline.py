@@ -19,10 +19,10 @@ from .parallel import is_main, barrier, world_size
 
 # %% auto #0
 __all__ = ['STAGES', 'ModelConfig', 'TraitConfig', 'JudgeConfig', 'ExtractionConfig', 'SteeringConfig', 'EvaluationConfig',
-           'SweepConfig', 'DistillationConfig', 'BaselinesConfig', 'StudyConfig', 'UserError', 'ConfigError',
-           'parse_override', 'validate_config', 'load_config', 'config_dir', 'resolve_config_path', 'model_facts',
-           'config_problems', 'process_problems', 'preflight', 'output_files', 'changed_outputs', 'RunLocked',
-           'lock_run_dir', 'Run', 'one_line', 'steer_stage', 'Study', 'sweep_settings', 'choose_setting',
+           'SweepConfig', 'DistillationConfig', 'MonitoringConfig', 'BaselinesConfig', 'StudyConfig', 'UserError',
+           'ConfigError', 'parse_override', 'validate_config', 'load_config', 'config_dir', 'resolve_config_path',
+           'model_facts', 'config_problems', 'process_problems', 'preflight', 'output_files', 'changed_outputs',
+           'RunLocked', 'lock_run_dir', 'Run', 'one_line', 'steer_stage', 'Study', 'sweep_settings', 'choose_setting',
            'variant_config', 'count_trainings', 'plan']
 
 # %% ../nbs/06_pipeline.ipynb #351265e4
@@ -126,6 +126,22 @@ class DistillationConfig(_Section):
                 raise ValueError(f"unknown distillation variant {x!r}: expected 'loraR' (e.g. 'lora8') or 'full'")
         return v
 
+class MonitoringConfig(_Section):
+    "Monitoring and prevention (13_monitoring): trait-inducing data, its screening, fine-tunes on it with and without prevention."
+    fractions: list[float] = [] # trait fractions of the fine-tuning mixtures (empty: no monitoring stages)
+    n_per_question: int = Field(4, ge=1) # dataset answers per question and side (questions: the extraction questions the vector does not use)
+    max_new_tokens: int = Field(64, ge=1) # length of the dataset's and the base model's answers
+    size: Optional[int] = Field(None, ge=1) # rows per mixture (None: one per prompt answered on both sides)
+    layer: Optional[int] = Field(None, ge=1) # layer read, steered and ablated (None: the monitor's layer)
+    lora_r: int = Field(32, ge=1) # rank of the fine-tunes' LoRA (the reference: 32)
+    max_steps: int = Field(20, ge=1) # optimizer steps per fine-tune
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(2, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    prevention_alphas: list[float] = [] # preventative steering coefficients while fine-tuning on the fraction-1 mixture (0: plain fine-tuning)
+    ablation: bool = False # also fine-tune on it with the direction ablated at the layer
+    suppression_alphas: list[float] = [] # coefficients (negative) steering the fraction-1 fine-tune at inference
+
 class BaselinesConfig(_Section):
     "Unsteered evaluation of a list of models."
     models: list[str] = [] # model names (packaged alias, local path or hub id)
@@ -144,6 +160,7 @@ class StudyConfig(_Section):
     sweeps: SweepConfig = SweepConfig()
     distillation: DistillationConfig = DistillationConfig()
     baselines: BaselinesConfig = BaselinesConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
     compare_to: Optional[str] = None # a finished run directory the report sets beside this one (e.g. the float32 run of a bf16 study)
 
 # %% ../nbs/06_pipeline.ipynb #aa164be0
@@ -296,6 +313,25 @@ def config_problems(cfg: StudyConfig, # a validated config
             p.append(f"model.dtype = 'bfloat16': {torch.cuda.get_device_name()} has no bfloat16 support: use 'float16' or 'float32'")
     except ValueError as ex: p.append(f"model.dtype = {cfg.model.dtype!r}: {ex}")
     p += [f"stages: unknown stage {s!r}; expected some of {list(STAGES)}" for s in cfg.stages if s not in STAGES]
+    p += _monitoring_problems(cfg, L)
+    return p
+
+def _monitoring_problems(cfg: StudyConfig, n_layers: int | None) -> list[str]:
+    "Problems of the [monitoring] section (none when it is off)."
+    mc, e, p = cfg.monitoring, cfg.extraction, []
+    if not mc.fractions: return p
+    p += [f"monitoring.fractions[{j}] = {f}: trait fractions are between 0 and 1" for j, f in enumerate(mc.fractions) if not 0 <= f <= 1]
+    p += _layer_problems("monitoring.layer", mc.layer, n_layers)
+    if (mc.prevention_alphas or mc.ablation or mc.suppression_alphas) and 1.0 not in mc.fractions:
+        p.append("monitoring: prevention, ablation and suppression act on the fraction-1 fine-tune: add 1.0 to monitoring.fractions")
+    if not cfg.trait.generate:
+        try:
+            from persona_vectors.artifacts import load_trait
+            nq = len(load_trait(cfg.trait.name).extract_questions)
+            if not e.n_questions or e.n_questions >= nq:
+                p.append(f"monitoring: the dataset answers the extraction questions the vector does not use, and extraction.n_questions = "
+                         f"{e.n_questions} leaves none of the trait's {nq}: set extraction.n_questions below {nq}")
+        except Exception: pass  # the trait itself is checked above
     return p
 
 # %% ../nbs/06_pipeline.ipynb #ea145be4
@@ -944,7 +980,7 @@ def report(self: Study):
     barrier()
     return path
 
-STAGES = ("artifacts", "extraction", "vector", "sweeps", "distillation", "baselines", "report")
+STAGES = ("artifacts", "extraction", "vector", "sweeps", "monitoring", "distillation", "baselines", "report")
 
 @patch
 def run_stages(self: Study, stages: list[str] | None = None) -> Path:
@@ -957,6 +993,9 @@ def run_stages(self: Study, stages: list[str] | None = None) -> Path:
         if name not in want: continue
         if name == "baselines" and not self.cfg.baselines.models: continue
         if name == "distillation" and not (self.cfg.distillation.variants or self.cfg.distillation.trajectory_counts): continue
+        if name == "monitoring":
+            if not self.cfg.monitoring.fractions: continue
+            import persona_vectors.monitoring  # its stages (13_monitoring) patch `Study`
         getattr(self, name)()
     self.run.log(f"[study] {', '.join(x for x in STAGES if x in want)} finished in {time.time()-t0:.0f}s; report: {self.run.dir/'report.md'}")
     return self.run.dir
@@ -967,9 +1006,9 @@ def plan(cfg: StudyConfig) -> "pd.DataFrame":
     import pandas as pd
     from persona_vectors.artifacts import load_trait
     e, ev, st, sw, d = cfg.extraction, cfg.evaluation, cfg.steering, cfg.sweeps, cfg.distillation
-    try: tr = load_trait(cfg.trait.name); nq, npairs = len(tr.extract_questions), len(tr.instructions)
-    except Exception: nq, npairs = 20, 5
-    nq = min(nq, e.n_questions or nq)
+    try: tr = load_trait(cfg.trait.name); n_extract, npairs = len(tr.extract_questions), len(tr.instructions)
+    except Exception: n_extract, npairs = 20, 5
+    nq = min(n_extract, e.n_questions or n_extract)
     judged = 2 if cfg.judge.kind != "none" else 0
     per_eval = ev.n_questions * ev.n_samples
     rows = [dict(stage="extraction", what=f"{nq} questions x {npairs} pairs x 2 sides x {e.n_per_question}", answers=nq * npairs * 2 * e.n_per_question)]
@@ -979,6 +1018,13 @@ def plan(cfg: StudyConfig) -> "pd.DataFrame":
     if "sweeps" in want:
         rows.append(dict(stage="sweeps", what=f"{len(settings)} settings x {ev.n_questions} questions x {ev.n_samples}", answers=len(settings) * per_eval,
                          judge_calls=len(settings) * per_eval * judged))
+    mc = cfg.monitoring
+    if "monitoring" in want and mc.fractions:
+        nq_m = n_extract - nq  # the extraction questions the vector does not use
+        k, ns = len(mc.fractions) + sum(1 for a in mc.prevention_alphas if a) + mc.ablation, len(mc.suppression_alphas)
+        rows.append(dict(stage="monitoring", what=f"{nq_m} questions x {mc.n_per_question} x 2 sides + base answers; {k} fine-tunes "
+                         f"({mc.max_steps} steps), {ns} suppression settings", answers=nq_m * (2 * mc.n_per_question + 1) + (k + ns) * per_eval,
+                         judge_calls=(k + ns) * per_eval * judged))
     if "distillation" in want:
         n = max([d.n_trajectories] + list(d.trajectory_counts))
         rows.append(dict(stage="trajectories", what=f"{n} train + {d.n_heldout} held out, {d.max_new_tokens} tokens", answers=n + d.n_heldout, judge_calls=0))
