@@ -1,6 +1,6 @@
 """The README's claims, rerun: a reduced demo study on the packaged SmolLM2-135M-Instruct through the study runner.
 
-The README quotes the committed demo run (nbs/demo_run, 12 min on 2 cores). This test reruns the same study, smaller
+The README quotes the committed demo run (nbs/demo_run, 13 min on 2 cores). This test reruns the same study, smaller
 (half the extraction questions, shorter answers, a 3-point coefficient sweep, one LoRA student on 48 trajectories),
 in a few minutes, and asserts the qualitative claims the README makes from it, with bounds this size supports.
 """
@@ -15,8 +15,8 @@ REDUCED = ";".join([
     "evaluation.n_questions=4", "evaluation.n_samples=3", "evaluation.max_new_tokens=32",
     "sweeps.alphas=[0.0, 4.0, 8.0]", "sweeps.layers=[]",
     "distillation.n_trajectories=48", "distillation.max_new_tokens=32", "distillation.trajectory_counts=[]",
-    "distillation.max_steps=20", "distillation.n_heldout=12", "distillation.learning_rate=1e-3",
-    "steering.alpha=4.0",  # fixed: the claims below are about alpha 4 and 8 (the demo chooses its alpha from a wider sweep)
+    "distillation.n_heldout=12",  # the demo's schedule: 12 steps at 2e-3
+    "distillation.variants=[\"lora8\"]", "steering.alpha=4.0",  # one student; alpha fixed: the claims below are about alpha 4 and 8 (the demo chooses its alpha from a wider sweep)
 ])
 
 
@@ -45,14 +45,14 @@ def test_reduced_study_backs_the_readme(run):
     print("trait index by alpha:", {a: round(x, 1) for a, x in trait.items()}, " log-prob by alpha:", {a: round(x, 2) for a, x in logp.items()})
     print(f"lora8: gap recovered {lora['gap_recovered']:.3f}, trait {lora['trait_index']['mean']:.1f}; "
           f"bake: gap recovered {bake['gap_recovered']:.3f}, trait {bake['trait_index']['mean']:.1f}")
-    # "Held-out separation of pos and neg answers along the vector (neutral read): AUROC 0.95" (demo size)
+    # "Held-out separation of pos and neg answers along the vector (neutral read): AUROC 0.93" (demo size)
     assert v["auroc_at_monitor_layer"] >= 0.8
     # the coefficient sweep: the trait index rises with alpha while the coherence proxy falls
     assert trait[0] < trait[4] < trait[8] and logp[0] > logp[4] > logp[8]
-    # a distilled LoRA recovers a share of the KL gap (0.744 at demo size) and moves the trait most of the way
+    # a distilled LoRA recovers a share of the KL gap (0.737 at alpha 4 in nbs/precision/float32, 0.839 at the demo's alpha 2) and moves the trait most of the way
     assert lora["gap_recovered"] >= 0.5
     assert trait[0] + 0.5 * (trait[4] - trait[0]) < lora["trait_index"]["mean"]
-    # the exact bake of all-position steering is close to the response-position teacher (0.818 at demo size), with no training
+    # the exact bake of all-position steering is close to the response-position teacher (0.811 at alpha 4, 0.857 at alpha 2), with no training
     assert 0.5 <= bake["gap_recovered"] < 1.0 and bake["trait_index"]["mean"] > trait[0] + 0.5 * (trait[4] - trait[0])
     # the report the README points to is written
     assert "## Distillation variants" in (run/"report.md").read_text()
