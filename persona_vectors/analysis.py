@@ -252,7 +252,9 @@ def write_report(directory: str | Path, # a run directory
                       "`relative` = difference / |other run|; `two_se` = twice the standard error of the difference of two means "
                       "over answers (different precisions sample different answers: a difference within it is sampling noise).", "", md, ""]
     secs = {k: v.get("seconds") for k, v in run.manifest.items() if v.get("status") == "done"}
-    parts += ["## Stages", "", pd.DataFrame([dict(stage=k, seconds=v) for k, v in secs.items()]).to_markdown(index=False), ""]
+    st_rows = [dict(stage=k, seconds=v) for k, v in secs.items()] + [dict(stage="total", seconds=round(sum(v or 0 for v in secs.values()), 1))]
+    parts += ["## Stages", "", f"Wall time of each stage as it ran (a resumed stage: its last run); total {sum(v or 0 for v in secs.values()) / 60:.1f} min.", "",
+              pd.DataFrame(st_rows).to_markdown(index=False), ""]
     return atomic_write(d/"report.md", "\n".join(parts))
 
 # %% ../nbs/07_analysis.ipynb #886a1549
