@@ -197,7 +197,7 @@ def test_benchmarks_notebook_claims():
     r = {x["name"]: x for x in latest()["rows"]}
     ratio = lambda pre, post="": next(x["ratio"] for k, x in r.items() if k.startswith(pre) and k.endswith(post))
     assert r["steered_generation_tokens_per_s"]["met"], "'Steering is free': below its goal"
-    assert ratio("activation_means_", "_time") < 1 < ratio("activation_means_", "_peak_memory"), "'extraction ... is faster, but holds more memory'"
+    assert ratio("activation_means_", "_time") < 1 and ratio("activation_means_", "_peak_memory") < 1, "'extraction ... is faster and holds less memory'"
     assert ratio("lora_step_peak_memory") < 1 and r["lora_step_time_adapter_vs_copy"]["met"], "'LoRA ... saves memory at the step time of the plain script'"
     assert ratio("full_ft_step_time") < 1 and ratio("full_ft_step_peak_memory") < 1, "'a full fine-tune on cached top-k ... skips the teacher'"
     kl = {k: x["ratio"] for k, x in r.items() if k.startswith("kl_loss_peak_memory")}
