@@ -683,7 +683,6 @@ def screening(self: Study):
     "Stage `monitoring/screening`: base answers, per-sample ΔP and its AUROC, dataset ΔP per mixture, the ranking."
     import pandas as pd
     from persona_vectors.models import Sampling
-    from persona_vectors.extraction import load_vector
     mc, e = self.cfg.monitoring, self.cfg.extraction
     inputs = dict(layer=mc.layer, batch_size=self.cfg.evaluation.batch_size)
     def fn(out):
@@ -723,7 +722,7 @@ def monitored_finetune(self: Study, name: str, # 'mix<f>', 'prevent<coef>' or 'a
                       ):
     "Stage `monitoring/finetune/<name>`: fine-tune a fresh base model on a mixture, evaluate it hook-free, measure its shift."
     from persona_vectors.models import load_model
-    from persona_vectors.steering import evaluate
+    from persona_vectors.steering import evaluate, EVAL_KEY
     ev, c = self.cfg.evaluation, self.cfg.model
     cfg = _finetune_config(self)
     inputs = dict(fraction=fraction, prevention=prevention, ablation=ablation, layer=self.cfg.monitoring.layer, config=asdict(cfg),
@@ -738,7 +737,7 @@ def monitored_finetune(self: Study, name: str, # 'mix<f>', 'prevent<coef>' or 'a
         recs, summ = evaluate(ft.model, t, tr.eval_questions[:ev.n_questions], n=ev.n_samples, sampling=self.sampling(ev, 1),
                               monitor=self.monitor(), judge=self.judge(), trait=tr if self.judge() else None, label=name,
                               store=out/"eval", batch_size=ev.batch_size, progress=self.progress)
-        base = RecordLog(self.run.path("steer/base")/"answers.jsonl", ("label", "question_index", "sample_index")).records
+        base = RecordLog(self.run.path("steer/base")/"answers.jsonl", EVAL_KEY).records
         sh = activation_shift(None, ft.model, t, None, vec, layer, answers=dict(base=base, tuned=recs), batch_size=ev.batch_size)
         del ft, student
         return dict(summ, name=name, fraction=fraction, prevention=prevention, ablation=ablation, layer=layer,
