@@ -226,6 +226,8 @@ def write_report(directory: str | Path, # a run directory
         parts += [f"## Operating point: {k}", "", f"`steering.{k} = \"auto\"`. Rule: {ch['rule']}. Candidates: the swept settings "
                   f"below; chosen: **layer {ch['layer']}, alpha {ch['alpha']:g}**, which every later stage (trajectories, students, "
                   "bake) uses.", "", md, ""]
+    from persona_vectors.interop import methods_report  # 14_interop: its section, when the run compared vector methods
+    parts += methods_report(d)
     dt = distillation_table(run)
     if len(run.done("distilled/")):
         section("Distillation variants", dt, "distillation", ["variant"] + [c for c in DISTILL_COLS if c in dt], plot_distillation(dt),
@@ -287,7 +289,7 @@ def headline(directory: str | Path, # a run directory
 
 # %% ../nbs/07_analysis.ipynb #f38d2f9e
 DEMO_FILES = ("config.json", "manifest.json", "log.txt", "report.md", "tables/*", "figures/*.png", "steer/*/*.jsonl", "vector/*.json",
-              "operating_point/*/*.json", "monitoring/data/*.jsonl", "monitoring/screening/*", "monitoring/finetune/*/eval/*.jsonl",
+              "operating_point/*/*.json", "vector_methods/*.csv", "vector_methods/*.json", "vector_methods/*/*.jsonl", "monitoring/data/*.jsonl", "monitoring/screening/*", "monitoring/finetune/*/eval/*.jsonl",
               "monitoring/finetune/*/train/finetune.json", "monitoring/suppression/*/*.jsonl")
 
 def refresh_demo_run(dest: str | Path, # where the copy goes (the docs use nbs/demo_run)

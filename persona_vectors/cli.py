@@ -83,7 +83,7 @@ def run_study(config: str, # config file or name in configs/
 
 # %% ../nbs/08_cli.ipynb #3b04f9df
 def run(config: str = "demo", # a config file, or the name of a shipped config (demo, reference, baselines)
-        stages: str = "", # comma-separated stage groups (artifacts, extraction, vector, sweeps, distillation, baselines, report)
+        stages: str = "", # comma-separated stage groups (artifacts, extraction, vector, sweeps, vector_methods, monitoring, distillation, baselines, report)
         set: str = "", # overrides 'section.key=value', separated by ';'
         run_dir: str = None, # the run directory (default runs/<name>)
         dry_run: bool = False, # check the config and print the stages, sizes, judge calls and resource plan, then exit

@@ -15,11 +15,16 @@ import torch
 from torch import nn
 
 from .models import decoder_layers, hidden_size, base_model
-from .steering import Steering
+from fastcore.basics import patch
+from .models import chat_prompt_ids
+from .steering import Steering, NEUTRAL_SYSTEM, auroc, unadapted
+from .pipeline import Study, steer_stage
 
 # %% auto #0
-__all__ = ['CV_ARCH', 'cvec_index', 'cvec_layer', 'layer_settings', 'cvec_tensors', 'export_control_vector',
-           'read_control_vector', 'import_control_vector', 'to_repeng', 'from_repeng', 'from_steering_vector']
+__all__ = ['CV_ARCH', 'METHODS', 'cvec_index', 'cvec_layer', 'layer_settings', 'cvec_tensors', 'export_control_vector',
+           'read_control_vector', 'import_control_vector', 'to_repeng', 'from_repeng', 'from_steering_vector',
+           'contrastive_pairs', 'paired_means', 'pca_diff', 'pca_center', 'probe_direction', 'method_vector',
+           'method_separation', 'methods_table', 'plot_methods', 'methods_report']
 
 # %% ../nbs/14_interop.ipynb #9c6dc643
 def cvec_index(layer: int, # our layer (hidden_states index, 2..L)
@@ -232,3 +237,236 @@ def from_steering_vector(vector, # a steering_vectors.SteeringVector (anything w
     if model is not None:
         for s in out: s.check(model)
     return out
+
+# %% ../nbs/14_interop.ipynb #299b6210
+METHODS = ("mean_diff", "pca_diff", "pca_center", "probe")  # how a persona vector's direction is computed
+
+def contrastive_pairs(records: Sequence[dict], # contrastive answers (03_extraction), e.g. after `filter_pairs`
+                     ) -> list[tuple[int, int]]:
+    "(pos index, neg index) into `records` of each (question, pair, sample) with a non-empty answer on both sides."
+    where = {}
+    for i, r in enumerate(records):
+        if len(r["response_ids"]): where.setdefault((r["question"], r["pair_index"], r["sample_index"]), {})[r["side"]] = i
+    return [(w["pos"], w["neg"]) for w in where.values() if len(w) == 2]
+
+# %% ../nbs/14_interop.ipynb #1443854c
+def paired_means(model, # the model the answers came from
+                 records: Sequence[dict], # contrastive answers (03_extraction)
+                 variant: str = "response_avg", # which activation mean ('response_avg', 'prompt_avg', 'prompt_last')
+                 batch_size: int = 16, # sequences per forward batch
+                 progress: bool = True, # show a progress bar
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    "Activation means of the paired pos and neg answers, read under their own system prompts: two [n_pairs, L+1, hidden]."
+    from persona_vectors.extraction import activation_means
+    pairs = contrastive_pairs(records)
+    if len(pairs) < 2: raise ValueError(f"need at least 2 (question, pair, sample) with a non-empty pos and neg answer, got {len(pairs)}")
+    rs = [records[i] for p in pairs for i in p]  # pos, neg, pos, neg, ...
+    means = activation_means(model, [(r["prompt_ids"] + r["response_ids"], len(r["prompt_ids"])) for r in rs],
+                             batch_size=batch_size, progress=progress)[variant]
+    return means[0::2], means[1::2]
+
+# %% ../nbs/14_interop.ipynb #142bb3cb
+def _orient(d: torch.Tensor, # [L+1, hidden] directions
+            pos: torch.Tensor, # [n, L+1, hidden] paired pos means
+            neg: torch.Tensor, # [n, L+1, hidden] paired neg means
+           ) -> torch.Tensor:
+    "Flip each layer's direction where more pairs project pos below neg than above (repeng's rule; a tie keeps it)."
+    pp, pn = torch.einsum("nlh,lh->nl", pos.double(), d), torch.einsum("nlh,lh->nl", neg.double(), d)
+    flip = (pp < pn).double().mean(0) > (pp > pn).double().mean(0)
+    return torch.where(flip[:, None], -d, d)
+
+def _first_component(x: torch.Tensor, # [n, L+1, hidden] rows, per layer
+                     center: bool = True, # subtract each layer's mean row first (sklearn's PCA does)
+                    ) -> torch.Tensor:
+    "Unit first principal component of each layer's rows, float64: [L+1, hidden]."
+    x = x.double()
+    if center: x = x - x.mean(0)
+    return torch.linalg.svd(x.transpose(0, 1), full_matrices=False).Vh[:, 0]  # every layer in one batched SVD
+
+def pca_diff(pos: torch.Tensor, # [n, L+1, hidden] paired pos means
+             neg: torch.Tensor, # [n, L+1, hidden] paired neg means
+            ) -> torch.Tensor:
+    "repeng's `pca_diff`: first component of the centered paired differences, oriented pos-up; unit, [L+1, hidden] float64."
+    return _orient(_first_component(pos.double() - neg.double()), pos, neg)
+
+def pca_center(pos: torch.Tensor, # [n, L+1, hidden] paired pos means
+               neg: torch.Tensor, # [n, L+1, hidden] paired neg means
+              ) -> torch.Tensor:
+    "repeng's `pca_center`: first component of each pair's answers around the pair's midpoint, oriented pos-up; unit, float64."
+    c = (pos.double() + neg.double()) / 2
+    return _orient(_first_component(torch.cat([pos.double() - c, neg.double() - c])), pos, neg)
+
+# %% ../nbs/14_interop.ipynb #150bf52b
+def probe_direction(pos: torch.Tensor, # [n, L+1, hidden] paired pos means
+                    neg: torch.Tensor, # [n, L+1, hidden] paired neg means
+                    C: float = 1.0, # inverse L2 strength of scikit-learn's LogisticRegression
+                    max_iter: int = 1000, # its iteration budget
+                   ) -> torch.Tensor:
+    "steering-vectors' `logistic_aggregator`: logistic regression pos vs neg per layer, centered per pair; unit, float64."
+    from sklearn.linear_model import LogisticRegression
+    c = (pos + neg) / 2
+    x = torch.cat([pos - c, neg - c]).float().numpy()  # float32, as steering-vectors feeds it
+    y = np.concatenate([np.ones(len(pos)), -np.ones(len(neg))]).astype(np.float32)
+    out = []
+    for l in range(x.shape[1]):
+        if not np.abs(x[:, l]).max() > 0: out.append(torch.zeros(x.shape[2], dtype=torch.float64)); continue
+        w = torch.from_numpy(LogisticRegression(fit_intercept=False, C=C, max_iter=max_iter).fit(x[:, l], y).coef_[0]).double()
+        out.append(w / w.norm())
+    return torch.stack(out)
+
+def method_vector(method: str, # one of `METHODS`
+                  pos: torch.Tensor, # [n, L+1, hidden] paired pos means
+                  neg: torch.Tensor, # [n, L+1, hidden] paired neg means
+                 ) -> torch.Tensor:
+    "A persona vector [L+1, hidden] by `method`, each layer's direction scaled to the mean difference's norm there (float32)."
+    md = pos.double().mean(0) - neg.double().mean(0)
+    if method == "mean_diff": return md.float()
+    fns = dict(pca_diff=pca_diff, pca_center=pca_center, probe=probe_direction)
+    if method not in fns: raise ValueError(f"unknown vector method {method!r}; expected one of {list(METHODS)}")
+    d = fns[method](pos, neg)
+    return (d / d.norm(dim=-1, keepdim=True).clamp_min(1e-300) * md.norm(dim=-1, keepdim=True)).float()
+
+# %% ../nbs/14_interop.ipynb #346f1c8b
+def method_separation(model, # the unsteered model
+                      tokenizer, # its tokenizer
+                      records: Sequence[dict], # contrastive answers (03_extraction)
+                      methods: Sequence[str] = METHODS, # which directions to compare
+                      train_fraction: float = 0.5, # fraction of questions the directions are built from
+                      neutral_system: str = NEUTRAL_SYSTEM, # the prompt held-out answers are read under
+                      batch_size: int = 16, # sequences per forward batch
+                      progress: bool = False, # show progress bars
+                     ) -> "pd.DataFrame":
+    "Held-out AUROC per method and layer (columns method, layer, auroc): directions from the first questions, read on the others."
+    import pandas as pd
+    from persona_vectors.extraction import activation_means
+    qs = list(dict.fromkeys(r["question"] for r in records))
+    if len(qs) < 2: raise ValueError("held-out separation needs answers to at least 2 questions")
+    k = max(1, min(len(qs) - 1, round(len(qs) * train_fraction)))
+    pos, neg = paired_means(model, [r for r in records if r["question"] in set(qs[:k])], batch_size=batch_size, progress=progress)
+    held = [r for r in records if r["question"] not in set(qs[:k]) and len(r["response_ids"])]
+    seqs = [(p + list(r["response_ids"]), len(p)) for r in held for p in [chat_prompt_ids(tokenizer, r["question"], neutral_system)]]
+    with torch.no_grad(), unadapted(model):
+        read = activation_means(model, seqs, batch_size, pad_id=tokenizer.pad_token_id, progress=progress)["response_avg"].double()
+    side = torch.tensor([r["side"] == "pos" for r in held])
+    rows = []
+    for m in methods:
+        v = method_vector(m, pos, neg).double()
+        for l in range(1, v.shape[0]):
+            if v[l].norm() == 0: continue
+            pr = read[:, l] @ (v[l] / v[l].norm())
+            rows.append(dict(method=m, layer=l, auroc=auroc(pr[side].tolist(), pr[~side].tolist())))
+    return pd.DataFrame(rows)
+
+# %% ../nbs/14_interop.ipynb #faa1e7fb
+@patch
+def vector_methods(self: Study):
+    "Stages `vector_methods` (each method's vector, held-out AUROC per layer) and `vector_methods/<method>` (steering at matched norm)."
+    from persona_vectors.extraction import filter_pairs, save_vector, load_vector
+    from persona_vectors.steering import evaluate
+    from persona_vectors.records import atomic_write
+    e, ev, st = self.cfg.extraction, self.cfg.evaluation, self.cfg.steering
+    methods = ["mean_diff"] + [m for m in e.methods if m != "mean_diff"]
+    def vectors(out):
+        m, t = self.model()
+        recs = filter_pairs(self.extraction_answers(), e.trait_threshold, e.coherence_threshold, verbose=False)
+        pos, neg = paired_means(m, recs, e.variant, e.batch_size, self.progress)
+        vs = {k: method_vector(k, pos, neg) for k in methods}
+        for k, v in vs.items():
+            save_vector(out/f"{k}.safetensors", {e.variant: v}, dict(model=self.cfg.model.name, trait=self.cfg.trait.name, method=k,
+                        n_pairs=len(pos), norm="each layer at the mean difference's norm"))
+        sep = method_separation(m, t, recs, methods, batch_size=e.batch_size, progress=self.progress)
+        md = vs["mean_diff"].double()
+        sep["cos_mean_diff"] = [(vs[k][l].double() @ md[l] / (vs[k][l].double().norm() * md[l].norm()).clamp_min(1e-300)).item()
+                                for k, l in zip(sep.method, sep.layer)]
+        atomic_write(out/"separation.csv", sep.to_csv(index=False))
+        best = sep.loc[sep.groupby("method").auroc.idxmax()]
+        return dict(n_pairs=len(pos), best={r.method: dict(layer=int(r.layer), auroc=r.auroc) for r in best.itertuples()})
+    self.run.stage("vector_methods", dict(methods=methods, variant=e.variant, trait_threshold=e.trait_threshold,
+                   coherence_threshold=e.coherence_threshold), ["vector"], vectors)
+    L, A = self.point()
+    for k in methods[1:]:
+        def fn(out, k=k):
+            m, t = self.model(); tr = self.trait()
+            v = load_vector(self.run.path("vector_methods")/f"{k}.safetensors")[0][e.variant]
+            _, summ = evaluate(m, t, tr.eval_questions[:ev.n_questions], n=ev.n_samples, sampling=self.sampling(ev, 1),
+                               settings=[Steering(v, L, A, st.positions)], monitor=self.monitor(), judge=self.judge(),
+                               trait=tr if self.judge() else None, label=f"{k}_{steer_stage(L, A).split('/')[1]}", store=out,
+                               batch_size=ev.batch_size, progress=self.progress)
+            return summ
+        self.run.stage(f"vector_methods/{k}", dict(seed=self.cfg.seed, **ev.model_dump(), positions=st.positions, judge=self.judge_inputs(),
+                       layer=L, alpha=A), ["vector_methods", "vector"], fn)
+
+# %% ../nbs/14_interop.ipynb #41a3580e
+def methods_table(directory: str | Path, # a run directory with the `vector_methods` stages
+                 ) -> "pd.DataFrame":
+    "One row per vector method: held-out AUROC at the study's layer and best layer, cosine with the mean difference, steering at matched norm."
+    import pandas as pd
+    from persona_vectors.analysis import RunView
+    from persona_vectors.steering import summary_row
+    run = RunView(directory); L, A = run.point()
+    sep = pd.read_csv(run.dir/"vector_methods"/"separation.csv")
+    rows = []
+    for k, g in sep.groupby("method", sort=False):
+        at, best = g[g.layer == L], g.loc[g.auroc.idxmax()]
+        e = run.manifest.get(steer_stage(L, A) if k == "mean_diff" else f"vector_methods/{k}", {})
+        ev = e.get("summary") if e.get("status") == "done" else None
+        rows.append(summary_row(ev or {"n_answers": 0}, method=k, auroc_at_layer=at.auroc.iloc[0] if len(at) else None,
+                                best_layer=int(best.layer), best_auroc=best.auroc,
+                                cos_mean_diff=at.cos_mean_diff.iloc[0] if len(at) else None))
+    return pd.DataFrame(rows)
+
+# %% ../nbs/14_interop.ipynb #d4e9595c
+def plot_methods(directory: str | Path, # a run directory with the `vector_methods` stages
+                 df: "pd.DataFrame", # from `methods_table`
+                ):
+    "Held-out AUROC by layer for each method, and trait index against log-prob at matched norm (± s.e.)."
+    import pandas as pd, matplotlib.pyplot as plt
+    from persona_vectors.analysis import RunView
+    run = RunView(directory); L, A = run.point()
+    sep = pd.read_csv(run.dir/"vector_methods"/"separation.csv")
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for k, g in sep.groupby("method", sort=False): a1.plot(g.layer, g.auroc, marker=".", label=k)
+    a1.axvline(L, color="grey", ls=":", lw=1); a1.set(xlabel="layer", ylabel="held-out AUROC", title="separation (neutral read)"); a1.legend()
+    for r in df.itertuples():
+        if pd.isna(getattr(r, "trait_index_mean", float("nan"))): continue
+        a2.errorbar(r.logprob_mean, r.trait_index_mean, yerr=r.trait_index_se, xerr=r.logprob_se, fmt="o", capsize=3, label=r.method)
+    base = run.manifest.get("steer/base", {}).get("summary")
+    if base: a2.scatter([base["logprob"]["mean"]], [base["trait_index"]["mean"]], marker="x", color="black", label="unsteered")
+    a2.set(xlabel="log-prob (coherence)", ylabel="trait index", title=f"steering at layer {L}, alpha {A:g}, matched norm"); a2.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/14_interop.ipynb #ad602803
+def methods_report(directory: str | Path, # a run directory
+                  ) -> list[str]:
+    "The report's *Vector methods* section (markdown lines), writing its table and figure; [] without the `vector_methods` stage."
+    import pandas as pd, matplotlib.pyplot as plt
+    from persona_vectors.analysis import RunView
+    from persona_vectors.steering import write_table, save_figure
+    run = RunView(directory); d = run.dir
+    if not run.done("vector_methods"): return []
+    (d/"tables").mkdir(exist_ok=True); (d/"figures").mkdir(exist_ok=True)
+    L, A = run.point(); df = methods_table(d)
+    keys = ["method", "auroc_at_layer", "best_layer", "best_auroc", "cos_mean_diff"]
+    md = write_table(df, d/"tables"/"vector_methods", keys)
+    fig = plot_methods(d, df); save_figure(fig, d/"figures"/"vector_methods"); plt.close(fig)
+    says = []
+    if df.auroc_at_layer.notna().any():
+        sep = df.loc[df.auroc_at_layer.idxmax()]; says.append(f"Highest held-out AUROC at layer {L}: **{sep.method}** ({sep.auroc_at_layer:.3f}).")
+    sep = pd.read_csv(d/"vector_methods"/"separation.csv")
+    top = sep.loc[sep.groupby("layer").auroc.idxmax()].groupby("method", sort=False).layer.apply(list)
+    says.append("Layer by layer, the highest AUROC: " + "; ".join(f"{k} at {len(v)} layer{'s' if len(v) > 1 else ''} ({', '.join(map(str, v))})"
+                                                             for k, v in top.sort_values(key=lambda x: -x.str.len()).items()) + ".")
+    for col, what in (("trait_index", "trait index"), ("trait_score", "judge trait score")):
+        if f"{col}_mean" not in df or df[f"{col}_mean"].isna().all(): continue
+        b, ref = df.loc[df[f"{col}_mean"].idxmax()], df.iloc[0]  # the first row is the mean difference
+        gap, se = b[f"{col}_mean"] - ref[f"{col}_mean"], (b[f"{col}_se"] ** 2 + ref[f"{col}_se"] ** 2) ** 0.5
+        says.append(f"Strongest {what} at matched norm: **{b.method}** ({b[f'{col}_mean']:.1f} ± {b[f'{col}_se']:.1f} s.e.)" +
+                    ("." if b.method == "mean_diff" else f", {gap:+.1f} over the mean difference: " +
+                     ("more than twice the standard error of the difference." if gap > 2 * se else f"within twice its standard error ({2 * se:.1f}), a tie at this sample size.")))
+    return ["## Vector methods", "", f"The mean difference (the paper's) beside the directions other steering tools compute "
+            f"(14_interop): `pca_diff` and `pca_center` (repeng), `probe` (logistic regression, steering-vectors). AUROC: held-out "
+            f"questions read neutrally; `cos_mean_diff`: cosine with the mean difference at layer {L}; the metrics: steering at layer "
+            f"{L}, alpha {A:g} with each vector scaled to the mean difference's norm (the trait index reads along the mean "
+            "difference).", "", md, "", " ".join(says), "",
+            "![vector methods](figures/vector_methods.png)", ""]

@@ -64,6 +64,7 @@ class ExtractionConfig(_Section):
     trait_threshold: float = 50 # filtering: pos trait >= this, neg trait < this
     coherence_threshold: float = 50 # filtering: both coherence >= this
     variant: Literal["response_avg", "prompt_avg", "prompt_last"] = "response_avg" # which vector steers
+    methods: list[Literal["pca_diff", "pca_center", "probe"]] = [] # other vector methods compared with the mean difference (14_interop); []: none
 
 class SteeringConfig(_Section):
     "The steering setting of the study (and of the distillation teacher)."
@@ -653,7 +654,7 @@ def artifacts(self: Study):
 def extraction(self: Study):
     "Stage `extraction`: contrastive answers under every pos/neg instruction (+ `extraction_judge` with a judge)."
     e, mc = self.cfg.extraction, self.cfg.model
-    inputs = dict(model=mc.name, dtype=mc.dtype, seed=self.cfg.seed, **e.model_dump(exclude={"trait_threshold", "coherence_threshold", "variant"}))
+    inputs = dict(model=mc.name, dtype=mc.dtype, seed=self.cfg.seed, **e.model_dump(exclude={"trait_threshold", "coherence_threshold", "variant", "methods"}))
     def fn(out):
         from persona_vectors.extraction import contrastive_answers, CONTRASTIVE_KEY
         from persona_vectors.records import RecordLog
@@ -980,7 +981,7 @@ def report(self: Study):
     barrier()
     return path
 
-STAGES = ("artifacts", "extraction", "vector", "sweeps", "monitoring", "distillation", "baselines", "report")
+STAGES = ("artifacts", "extraction", "vector", "sweeps", "vector_methods", "monitoring", "distillation", "baselines", "report")
 
 @patch
 def run_stages(self: Study, stages: list[str] | None = None) -> Path:
@@ -993,6 +994,9 @@ def run_stages(self: Study, stages: list[str] | None = None) -> Path:
         if name not in want: continue
         if name == "baselines" and not self.cfg.baselines.models: continue
         if name == "distillation" and not (self.cfg.distillation.variants or self.cfg.distillation.trajectory_counts): continue
+        if name == "vector_methods":
+            if not self.cfg.extraction.methods: continue
+            import persona_vectors.interop  # its stages (14_interop) patch `Study`
         if name == "monitoring":
             if not self.cfg.monitoring.fractions: continue
             import persona_vectors.monitoring  # its stages (13_monitoring) patch `Study`
@@ -1018,6 +1022,9 @@ def plan(cfg: StudyConfig) -> "pd.DataFrame":
     if "sweeps" in want:
         rows.append(dict(stage="sweeps", what=f"{len(settings)} settings x {ev.n_questions} questions x {ev.n_samples}", answers=len(settings) * per_eval,
                          judge_calls=len(settings) * per_eval * judged))
+    if "vector_methods" in want and e.methods:
+        rows.append(dict(stage="vector methods", what=f"{len(e.methods)} methods beside the mean difference x {per_eval} answers at the study's setting",
+                         answers=len(e.methods) * per_eval, judge_calls=len(e.methods) * per_eval * judged))
     mc = cfg.monitoring
     if "monitoring" in want and mc.fractions:
         nq_m = n_extract - nq  # the extraction questions the vector does not use
