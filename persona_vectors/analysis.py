@@ -298,7 +298,7 @@ def answer_settings(run: RunView) -> list[dict]:
             label, tags, order = f"{run.config['distillation'].get('count_variant', 'student')} on {n} trajectories", "counts", (4, pos)
         elif kind == "baselines": label, tags, order = f"{s.get('model', name.split('/', 1)[1])} (baseline)", "baselines", (5, name)
         else: label, tags, order = name.split("/", 1)[-1], kind, (6, pos)
-        means = [f"{m.replace('_', ' ')} {s[m]['mean']:.{ANSWER_METRICS[m][1]}f}" for m in ANSWER_METRICS if isinstance(s.get(m), dict) and s[m].get("mean") is not None]
+        means = [f"{ANSWER_METRICS[m][0]} {s[m]['mean']:.{ANSWER_METRICS[m][1]}f}" for m in ANSWER_METRICS if isinstance(s.get(m), dict) and s[m].get("mean") is not None]
         out.append(dict(stage=name, label=label, tags=tags, order=order, records=run.records(sub),
                         means=(f"mean over {s.get('n_answers', '?')} answers: " + " · ".join(means)) if means else ""))
     out.sort(key=lambda x: x["order"])
