@@ -116,6 +116,16 @@ def test_demo_page_in_chromium(browser, tmp_path):
     f.select_by_value("key")
     assert {c.get_attribute("data-stage") for c in browser.find_elements("css selector", "#answers-browser .setting") if c.is_displayed()} == {
         "steer/base", "steer/L15_a2", "distilled/lora8", "distilled/lora32", "distilled/bake"}
+    # a long answer starts folded and unfolds on a click
+    f.select_by_value("all")
+    qid = browser.execute_script("var b = document.querySelector('#answers-browser .fold-toggle'); return b && b.closest('.question').getAttribute('data-question')")
+    assert qid, "no long answer in the demo run"
+    q.select_by_value(qid)
+    btn = next(b for b in browser.find_elements("css selector", "#answers-browser .fold-toggle") if b.is_displayed())
+    text = btn.find_element("xpath", "preceding-sibling::div[1]")
+    h0 = text.size["height"]; assert "folded" in text.get_attribute("class")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", btn); btn.click()
+    assert btn.text == "less" and "folded" not in text.get_attribute("class") and text.size["height"] > h0
     assert not browser.get_log("browser"), "console messages while using the page"
     # a screenshot of the top of the page, not blank
     browser.execute_script("window.scrollTo(0, 0)")
