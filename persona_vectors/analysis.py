@@ -184,7 +184,8 @@ def compare_runs(directory: str | Path, # a run directory ("this run")
     return pd.DataFrame(rows, columns=["stage", "metric", "this_run", "other_run", "difference", "relative", "two_se"])
 
 # %% ../nbs/07_analysis.ipynb #049d7176
-def missing_report(run: RunView) -> list[str]:
+def missing_report(run: RunView, # a run (its config says what it plans, its manifest what it finished)
+                  ) -> list[str]:
     "Sections of report.md for what the config plans and the run lacks: a stage group with no finished stage, or unfinished stages."
     from persona_vectors.pipeline import STAGES
     cfg, man = run.config, run.manifest
@@ -278,7 +279,8 @@ def markdown_html(text: str, # markdown (a section of report.md)
 ANSWER_METRICS = {"trait_index": ("trait index", 1), "logprob": ("log-prob", 2), "trait_score": ("trait (judge)", 0),
                   "coherence_score": ("coherence (judge)", 0), "projection": ("projection", 2)}  # shown under each answer: name, decimals
 
-def answer_settings(run: RunView) -> list[dict]:
+def answer_settings(run: RunView, # a run
+                   ) -> list[dict]:
     "Every finished stage with evaluation answers, labelled and tagged for the answers browser: base, teacher, students, sweep, counts, the rest."
     L, A = run.point()
     out = []
