@@ -29,7 +29,7 @@ def readme() -> str:
     nb = json.loads((ROOT/"nbs"/"index.ipynb").read_text())
     text = "\n\n".join(t for t in (cell_text(c) for c in nb["cells"]) if t.strip())
     text = re.sub(r"^> ", "> ", text, flags=re.M)
-    text = re.sub(r"\]\((?!https?:)([\w./-]+\.(?:ipynb|md|png|svg|csv))\)", lambda m: f"](nbs/{m.group(1)})", text)
+    text = re.sub(r"\]\((?!https?:)([\w./-]+\.(?:ipynb|md|html|png|svg|pdf|csv))\)", lambda m: f"](nbs/{m.group(1)})", text)
     return text.rstrip() + "\n\n<!-- generated from nbs/index.ipynb by .ci/readme.py: edit the notebook, not this file -->\n"
 
 

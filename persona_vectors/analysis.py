@@ -14,9 +14,11 @@ from .records import read_json, atomic_write, RecordLog
 from .steering import summary_row, sweep_table, write_table, plot_sweep, save_figure, readable, METRICS, EVAL_KEY
 
 # %% auto #0
-__all__ = ['DISTILL_COLS', 'DEMO_FILES', 'RunView', 'steering_rows', 'coefficient_table', 'layer_table', 'baselines_table',
-           'distillation_table', 'counts_table', 'plot_distillation', 'plot_counts', 'plot_scatter', 'compare_runs',
-           'write_report', 'headline', 'refresh_demo_run']
+__all__ = ['DISTILL_COLS', 'ANSWER_METRICS', 'DEMO_FILES', 'RunView', 'steering_rows', 'coefficient_table', 'layer_table',
+           'baselines_table', 'distillation_table', 'counts_table', 'plot_distillation', 'plot_counts', 'plot_scatter',
+           'compare_runs', 'missing_report', 'split_sections', 'inline_svg', 'figure_html', 'markdown_html',
+           'answer_settings', 'answers_browser', 'config_rows', 'render_report', 'write_html', 'write_report',
+           'headline', 'refresh_demo_run']
 
 # %% ../nbs/07_analysis.ipynb #a5bd4cb0
 class RunView:
@@ -181,10 +183,213 @@ def compare_runs(directory: str | Path, # a run directory ("this run")
         if k.startswith(("distilled/", "counts/")): add(k, "gap recovered", sa.get("gap_recovered"), sb.get("gap_recovered"))
     return pd.DataFrame(rows, columns=["stage", "metric", "this_run", "other_run", "difference", "relative", "two_se"])
 
+# %% ../nbs/07_analysis.ipynb #049d7176
+def missing_report(run: RunView, # a run (its config says what it plans, its manifest what it finished)
+                  ) -> list[str]:
+    "Sections of report.md for what the config plans and the run lacks: a stage group with no finished stage, or unfinished stages."
+    from persona_vectors.pipeline import STAGES
+    cfg, man = run.config, run.manifest
+    want, d = cfg.get("stages") or list(STAGES), cfg.get("distillation", {})
+    groups = {  # stage group: (the report section it fills, its stages' name prefixes, whether the config enables it)
+        "vector": ("Persona vector", ("vector",), True),
+        "sweeps": ("Coefficient sweep", ("steer/",), True),
+        "vector_methods": ("Vector methods", ("vector_methods",), bool(cfg.get("extraction", {}).get("methods"))),
+        "monitoring": ("Monitoring and prevention", ("monitoring/",), bool(cfg.get("monitoring", {}).get("fractions"))),
+        "distillation": ("Distillation variants", ("trajectories", "distilled/", "counts/"), bool(d.get("variants") or d.get("trajectory_counts"))),
+        "baselines": ("Baselines (unsteered)", ("baselines/",), bool(cfg.get("baselines", {}).get("models")))}
+    expected = ([f"distilled/{v}" for v in d.get("variants", [])] + ["distilled/bake"] * bool(d.get("bake"))
+                + [f"counts/{n}" for n in d.get("trajectory_counts", []) if not (n == d.get("n_trajectories") and d.get("count_variant") in d.get("variants", []))])
+    parts, unfinished = [], []
+    for g, (title, prefixes, enabled) in groups.items():
+        if g not in want or not enabled: continue
+        mine = [k for k in man if k.startswith(prefixes)]
+        todo = [f"`{k}` ({man[k].get('status')})" for k in mine if man[k].get("status") != "done"]
+        if g == "distillation": todo += [f"`{k}` (not started)" for k in expected if k not in man]
+        if not any(man[k].get("status") == "done" for k in mine):
+            parts += [f"## {title}", "", f"**Not in this run.** The config plans the `{g}` stages, but none has finished"
+                      + (f": {', '.join(todo)}" if todo else " (none was started)") + ". `persona-vectors run` with this run "
+                      "directory resumes the study: finished stages are kept.", ""]
+        else: unfinished += todo
+    if unfinished:
+        parts += ["## Unfinished stages", "", "Planned by the config and not finished, so missing from the tables above: "
+                  + ", ".join(unfinished) + ".", ""]
+    return parts
+
+
+# %% ../nbs/07_analysis.ipynb #4c8630f3
+def split_sections(md: str, # a markdown document
+                  ) -> tuple[str, list[dict]]:
+    "The text before the first `## ` heading, and each `## ` section as {'title', 'body'} (headings inside code fences ignored)."
+    intro, secs, fence = [], [], False
+    for line in md.splitlines():
+        if line.lstrip().startswith(("```", "~~~")): fence = not fence
+        if not fence and line.startswith("## "): secs.append(dict(title=line[3:].strip(), body=[]))
+        else: (secs[-1]["body"] if secs else intro).append(line)
+    return "\n".join(intro).strip() + "\n", [dict(s, body="\n".join(s["body"]).strip() + "\n") for s in secs]
+
+
+# %% ../nbs/07_analysis.ipynb #776d08d0
+def inline_svg(path: str | Path, # an SVG file matplotlib wrote
+               prefix: str, # prefix of its element ids (several figures share one page)
+               label: str = "", # accessible name of the figure
+              ) -> str:
+    "An SVG file as markup to inline in HTML: no XML prolog or metadata, ids prefixed (references too), an aria-label."
+    import html, re
+    s = Path(path).read_text()
+    s = s[s.index("<svg"):]
+    s = re.sub(r"<metadata>.*?</metadata>\s*|<!--.*?-->\s*", "", s, flags=re.S)  # creator, date, the texts as comments: not shown
+    s = re.sub(r'\bid="([^"]+)"', lambda m: f'id="{prefix}-{m[1]}"', s)
+    s = re.sub(r"url\(#([^)]+)\)", lambda m: f"url(#{prefix}-{m[1]})", s)
+    s = re.sub(r'href="#([^"]+)"', lambda m: f'href="#{prefix}-{m[1]}"', s)  # xlink:href of markers and clip paths
+    return s.replace("<svg ", f'<svg role="img" aria-label="{html.escape(label)}" ', 1).strip()
+
+
+# %% ../nbs/07_analysis.ipynb #e929b681
+def figure_html(directory: str | Path, # the run directory
+                src: str, # the image link of report.md, e.g. 'figures/layer_sweep.png'
+                alt: str = "", # its alt text (the caption)
+               ) -> str:
+    "A figure of the report as HTML: the SVG inline (the PNG as a data URI when there is no SVG), linked to its PDF and PNG."
+    import base64, html, re
+    stem = (Path(directory)/src).with_suffix("")
+    ext = lambda e: stem.with_suffix(f".{e}")
+    slug = "fig-" + re.sub(r"[^A-Za-z0-9_-]+", "-", stem.name)
+    if ext("svg").exists(): body = inline_svg(ext("svg"), slug, alt)
+    elif ext("png").exists(): body = f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(ext("png").read_bytes()).decode()}">'
+    else: body = f'<p class="missing">The figure <code>{html.escape(src)}</code> is missing from this run directory.</p>'
+    rel = lambda e: html.escape(str(Path(src).with_suffix(f".{e}")))
+    links = " · ".join(f'<a href="{rel(e)}">{e.upper()}</a>' for e in ("pdf", "png", "svg") if ext(e).exists())
+    return f'<figure id="{slug}">{body}<figcaption>{html.escape(alt)}{" · " + links if links else ""}</figcaption></figure>'
+
+
+# %% ../nbs/07_analysis.ipynb #2d164292
+def markdown_html(text: str, # markdown (a section of report.md)
+                  directory: str | Path, # the run directory its image links are relative to
+                 ) -> str:
+    "Markdown as HTML: raw HTML in it escaped, tables sortable, figures inline (`figure_html`)."
+    import re
+    from markdown_it import MarkdownIt
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    md.add_render_rule("image", lambda self, tokens, i, options, env: figure_html(
+        directory, tokens[i].attrGet("src"), self.renderInlineAsText(tokens[i].children, options, env)))
+    out = md.render(text).replace("<table>", '<div class="table-wrap"><table class="sortable">').replace("</table>", "</table></div>")
+    return re.sub(r"<p>\s*(<figure\b.*?</figure>)\s*</p>", r"\1", out, flags=re.S)  # a figure is not paragraph content
+
+
+# %% ../nbs/07_analysis.ipynb #ea619d0b
+ANSWER_METRICS = {"trait_index": ("trait index", 1), "logprob": ("log-prob", 2), "trait_score": ("trait (judge)", 0),
+                  "coherence_score": ("coherence (judge)", 0), "projection": ("projection", 2)}  # shown under each answer: name, decimals
+
+def answer_settings(run: RunView, # a run
+                   ) -> list[dict]:
+    "Every finished stage with evaluation answers, labelled and tagged for the answers browser: base, teacher, students, sweep, counts, the rest."
+    L, A = run.point()
+    out = []
+    for pos, (name, e) in enumerate(run.done().items()):
+        sub = next((s for s in (name, f"{name}/eval") if (run.dir/s/"answers.jsonl").exists()), None)
+        head = json.loads((run.dir/sub/"answers.jsonl").read_text().split("\n", 1)[0] or "{}") if sub else {}
+        if not all(k in head for k in EVAL_KEY + ("question", "text")): continue  # no answers, or not evaluation answers (extraction's)
+        inp, s, kind = e.get("inputs") or {}, e.get("summary") or {}, name.split("/", 1)[0]
+        if name == "steer/base": label, tags, order = "base (unsteered)", "steering base key", (0,)
+        elif kind == "steer" and (inp.get("layer"), inp.get("alpha")) == (L, A):
+            label, tags, order = f"steered teacher (L{L}, alpha {A:g})", "steering teacher key", (1,)
+        elif kind == "steer": label, tags, order = f"steered L{inp.get('layer')}, alpha {inp.get('alpha', 0):g}", "steering", (3, inp.get("layer") or 0, inp.get("alpha") or 0)
+        elif name == "distilled/bake": label, tags, order = "bake (exact bias)", "distilled key", (2, 1, pos)
+        elif kind == "distilled": label, tags, order = f"{s.get('variant', name.split('/', 1)[1])} (distilled)", "distilled key", (2, 0, pos)
+        elif kind == "counts":
+            n = s.get("n_trajectories", name.split("/")[-1])
+            label, tags, order = f"{run.config['distillation'].get('count_variant', 'student')} on {n} trajectories", "counts", (4, pos)
+        elif kind == "vector_methods": label, tags, order = f"{name.split('/', 1)[1]} vector (L{L}, alpha {A:g}, matched norm)", "steering vector_methods", (3, -1, pos)
+        elif kind == "baselines": label, tags, order = f"{s.get('model', name.split('/', 1)[1])} (baseline)", "baselines", (5, name)
+        else: label, tags, order = name.split("/", 1)[-1], kind, (6, pos)
+        means = [f"{ANSWER_METRICS[m][0]} {s[m]['mean']:.{ANSWER_METRICS[m][1]}f}" for m in ANSWER_METRICS if isinstance(s.get(m), dict) and s[m].get("mean") is not None]
+        out.append(dict(stage=name, label=label, tags=tags, order=order, records=run.records(sub),
+                        means=(f"mean over {s.get('n_answers', '?')} answers: " + " · ".join(means)) if means else ""))
+    out.sort(key=lambda x: x["order"])
+    return [dict(x, id=f"s{i}") for i, x in enumerate(out)]
+
+
+# %% ../nbs/07_analysis.ipynb #4ce0e8f3
+def answers_browser(run: RunView, # a run
+                    fold: int = 320, # answers longer than this many characters (or 6 lines) start folded
+                   ) -> dict:
+    "The answers browser's content: the questions, each with every setting's answers and their metrics, and the setting filters."
+    settings = answer_settings(run)
+    first = {}
+    for s in settings:
+        for r in s["records"]: first[r["question"]] = min(first.get(r["question"], 10**9), r.get("question_index", 10**9))
+    show = lambda r: " · ".join(f"{n} {'—' if r[m] is None else format(r[m], f'.{k}f')}" for m, (n, k) in ANSWER_METRICS.items() if m in r)
+    qs = []
+    for i, q in enumerate(sorted(first, key=lambda q: (first[q], q))):
+        ans = {s["id"]: [dict(sample=r.get("sample_index"), text=r.get("text", ""), metrics=show(r), finished=r.get("finished", True),
+                              long=len(r.get("text", "")) > fold or r.get("text", "").count("\n") >= 6)
+                         for r in sorted(s["records"], key=lambda r: r.get("sample_index", 0)) if r["question"] == q] for s in settings}
+        qs.append(dict(id=f"q{i}", number=i + 1, text=q, answers=ans))
+    names = {"key": "base, teacher and students", "steering": "steering: base and sweep", "distilled": "distilled students and bake",
+             "counts": "trajectory counts", "vector_methods": "other vector methods", "baselines": "baselines"}
+    tags = sorted({t for s in settings for t in s["tags"].split() if t not in ("base", "teacher")}, key=lambda t: (list(names).index(t) if t in names else len(names), t))
+    present = {m for s in settings for r in s["records"] for m in ANSWER_METRICS if m in r}
+    absent = [k for k, e in run.done().items() if "n_answers" in (e.get("summary") or {})  # evaluated, answers not in this copy
+              and any(o.endswith("answers.jsonl") for o in e.get("outputs", {})) and k not in {s["stage"] for s in settings}]
+    return dict(questions=qs, settings=[{k: v for k, v in s.items() if k != "records"} for s in settings],
+                groups=[dict(tag=t, label=names.get(t, t)) for t in tags],
+                n_answers=sum(len(s["records"]) for s in settings),
+                metric_names=", ".join(n for m, (n, _) in ANSWER_METRICS.items() if m in present) or "none recorded",
+                absent=absent,
+                missing="No evaluation answers in this run directory: no finished steering, distillation or other evaluation stage "
+                        "has its answers.jsonl here." + (f" Stages whose answers are not in this copy: {', '.join(absent)}." if absent else ""))
+
+
+# %% ../nbs/07_analysis.ipynb #a33237f1
+def config_rows(config: dict, # a run's config (nested)
+                prefix: str = "", # key prefix (for the recursion)
+               ) -> list[tuple[str, str]]:
+    "A nested config as (dotted key, value) rows; lists and scalars as JSON."
+    rows = []
+    for k, v in config.items():
+        if isinstance(v, dict) and v: rows += config_rows(v, f"{prefix}{k}.")
+        else: rows.append((f"{prefix}{k}", v if isinstance(v, str) else json.dumps(v)))
+    return rows
+
+
+# %% ../nbs/07_analysis.ipynb #00316be7
+def render_report(run: RunView, # the run
+                  md: str, # its report.md
+                 ) -> str:
+    "The report page: report.md's sections (figures inline, tables sortable), the answers browser after *Answers*, then the config."
+    import re, jinja2
+    from markupsafe import Markup
+    from markdown_it import MarkdownIt
+    intro, secs = split_sections(md)
+    title = next((l[2:].strip() for l in intro.splitlines() if l.startswith("# ")), f"Report: {run.dir.name}")
+    inline, ids, sections = MarkdownIt("commonmark", {"html": False}), set(), []
+    for s in secs:
+        sid = base = "sec-" + (re.sub(r"[^a-z0-9]+", "-", s["title"].lower()).strip("-") or "section")
+        while sid in ids: sid += "-"
+        ids.add(sid)
+        sections.append(dict(id=sid, title=s["title"], title_html=Markup(inline.renderInline(s["title"])),
+                             html=Markup(markdown_html(s["body"], run.dir)), browser=False))
+    names = [s["title"] for s in sections]
+    if sections: sections[names.index("Answers") if "Answers" in names else max(names.index("Stages") - 1, 0) if "Stages" in names else -1]["browser"] = True
+    env = jinja2.Environment(loader=jinja2.PackageLoader("persona_vectors", "templates"), autoescape=True, trim_blocks=True,
+                             lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    return env.get_template("report.html.jinja").render(title=title, intro=Markup(markdown_html(intro, run.dir)), sections=sections,
+                                                        browser=answers_browser(run), config_rows=config_rows(run.config))
+
+
+# %% ../nbs/07_analysis.ipynb #5de0029d
+def write_html(directory: str | Path, # a run directory with its report.md (`write_report` writes both)
+              ) -> Path:
+    "Write `report.html` beside `report.md`: one self-contained page with the report's sections, the answers browser and the config."
+    run = RunView(directory)
+    if not (run.dir/"report.md").exists(): raise FileNotFoundError(f"{run.dir} has no report.md: write_report writes it, and report.html")
+    return atomic_write(run.dir/"report.html", render_report(run, (run.dir/"report.md").read_text()))
+
+
 # %% ../nbs/07_analysis.ipynb #ae3d1427
 def write_report(directory: str | Path, # a run directory
                 ) -> Path:
-    "Write every table (CSV + markdown) and figure (PNG + SVG) of a run, and `report.md` collecting them."
+    "Write every table (CSV + markdown) and figure (PNG, SVG, PDF) of a run, `report.md` collecting them and `report.html` showing them."
     import matplotlib; matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     run = RunView(directory); d = run.dir
@@ -253,11 +458,14 @@ def write_report(directory: str | Path, # a run directory
                       f"({o['model'].get('dtype', 'auto')}): the headline number of every stage both finished; "
                       "`relative` = difference / |other run|; `two_se` = twice the standard error of the difference of two means "
                       "over answers (different precisions sample different answers: a difference within it is sampling noise).", "", md, ""]
+    parts += missing_report(run)  # what the config plans and the run lacks
     secs = {k: v.get("seconds") for k, v in run.manifest.items() if v.get("status") == "done"}
     st_rows = [dict(stage=k, seconds=v) for k, v in secs.items()] + [dict(stage="total", seconds=round(sum(v or 0 for v in secs.values()), 1))]
     parts += ["## Stages", "", f"Wall time of each stage as it ran (a resumed stage: its last run); total {sum(v or 0 for v in secs.values()) / 60:.1f} min.", "",
               pd.DataFrame(st_rows).to_markdown(index=False), ""]
-    return atomic_write(d/"report.md", "\n".join(parts))
+    out = atomic_write(d/"report.md", "\n".join(parts))
+    write_html(d)
+    return out
 
 # %% ../nbs/07_analysis.ipynb #886a1549
 def headline(directory: str | Path, # a run directory
@@ -288,14 +496,16 @@ def headline(directory: str | Path, # a run directory
 
 
 # %% ../nbs/07_analysis.ipynb #f38d2f9e
-DEMO_FILES = ("config.json", "manifest.json", "log.txt", "report.md", "tables/*", "figures/*.png", "steer/*/*.jsonl", "vector/*.json",
-              "operating_point/*/*.json", "vector_methods/*.csv", "vector_methods/*.json", "vector_methods/*/*.jsonl", "monitoring/data/*.jsonl", "monitoring/screening/*", "monitoring/finetune/*/eval/*.jsonl",
+DEMO_FILES = ("config.json", "manifest.json", "log.txt", "report.md", "report.html", "tables/*", "figures/*.png", "figures/*.pdf",
+              "steer/*/*.jsonl", "distilled/*/eval/*.jsonl", "counts/*/eval/*.jsonl", "baselines/*/*.jsonl", "vector/*.json",
+              "operating_point/*/*.json", "vector_methods/*.csv", "vector_methods/*.json", "vector_methods/*/*.jsonl",
+              "monitoring/data/*.jsonl", "monitoring/screening/*", "monitoring/finetune/*/eval/*.jsonl",
               "monitoring/finetune/*/train/finetune.json", "monitoring/suppression/*/*.jsonl")
 
 def refresh_demo_run(dest: str | Path, # where the copy goes (the docs use nbs/demo_run)
                      source: str | Path = "runs/demo", # a finished run directory
                     ) -> Path:
-    "Copy a run's small files (config, manifest, log, report, tables, PNG figures, evaluation answers and scores) for the docs."
+    "Copy a run's small files (config, manifest, log, report.md and .html, tables, PNG and PDF figures, evaluation answers and scores) for the docs."
     import shutil
     src, dest = Path(source), Path(dest)
     if not (src/"manifest.json").exists(): raise FileNotFoundError(f"{src} is not a run directory (no manifest.json)")

@@ -463,14 +463,14 @@ def plot_sweep(df, # rows from `sweep`
     return fig
 
 def save_figure(fig, # a matplotlib figure
-                path: str | Path, # destination without suffix: writes .png and .svg
+                path: str | Path, # destination without suffix: writes .png, .svg and .pdf
                ) -> list[Path]:
-    "Save a figure as PNG and SVG, atomically (reproducible bytes: no date, fixed SVG ids)."
+    "Save a figure as PNG, SVG and PDF (for papers), atomically (reproducible bytes: no date, fixed SVG ids)."
     import io, matplotlib as mpl
-    out = []
-    for ext in ("png", "svg"):
+    out, undated = [], {"svg": {"Date": None}, "pdf": {"CreationDate": None}}
+    for ext in ("png", "svg", "pdf"):
         buf = io.BytesIO()
         with mpl.rc_context({"svg.hashsalt": "persona_vectors"}):
-            fig.savefig(buf, format=ext, dpi=120, bbox_inches="tight", metadata={"Date": None} if ext == "svg" else None)
+            fig.savefig(buf, format=ext, dpi=120, bbox_inches="tight", metadata=undated.get(ext))
         out.append(atomic_write(Path(path).with_suffix(f".{ext}"), buf.getvalue()))
     return out

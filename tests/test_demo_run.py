@@ -1,25 +1,56 @@
 "The committed demo run (nbs/demo_run) is what its report, the README and the home page show: no stale copies."
-import json, shutil
+import json, re, shutil
 from pathlib import Path
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT/"nbs"/"demo_run"
 
 
-def test_tables_and_report_are_rebuilt_identically(tmp_path):
-    "Rebuilding the report from the committed manifest and records gives the committed tables and report.md, byte for byte."
+@pytest.fixture(scope="module")
+def rebuilt(tmp_path_factory):
+    "A copy of the committed run without its report, tables and figures, rebuilt by write_report (once for the tests below)."
     from persona_vectors.analysis import write_report
-    copy = tmp_path/"demo_run"
-    shutil.copytree(DEMO, copy, ignore=shutil.ignore_patterns("tables", "figures", "report.md"))
+    copy = tmp_path_factory.mktemp("rebuilt")/"demo_run"
+    shutil.copytree(DEMO, copy, ignore=shutil.ignore_patterns("tables", "figures", "report.md", "report.html"))
     write_report(copy)
+    return copy
+
+
+def test_tables_and_report_are_rebuilt_identically(rebuilt):
+    "Rebuilding the report from the committed manifest and records gives the committed tables and report.md, byte for byte."
+    copy = rebuilt
     committed = sorted(p.relative_to(DEMO).as_posix() for p in (DEMO/"tables").iterdir())
     rebuilt = sorted(p.relative_to(copy).as_posix() for p in (copy/"tables").iterdir())
     assert committed == rebuilt, (committed, rebuilt)
     for rel in committed:
         assert (copy/rel).read_text() == (DEMO/rel).read_text(), f"nbs/demo_run/{rel} is stale: rebuild it with write_report"
     assert (copy/"report.md").read_text() == (DEMO/"report.md").read_text(), "nbs/demo_run/report.md is stale"
-    for p in (copy/"figures").glob("*.png"):  # every figure the report draws is committed
-        assert (DEMO/"figures"/p.name).exists(), f"nbs/demo_run/figures/{p.name} is missing"
+    for p in (copy/"figures").glob("*.png"):  # every figure the report draws is committed, as PNG and as PDF
+        for ext in (".png", ".pdf"):
+            assert (DEMO/"figures"/p.with_suffix(ext).name).exists(), f"nbs/demo_run/figures/{p.with_suffix(ext).name} is missing"
+
+
+def test_report_page_is_rebuilt_identically(rebuilt):
+    """report.html is what write_report writes from the committed files, its inline figures aside: their SVG is
+    matplotlib's drawing (another matplotlib version draws other bytes), so they are checked to be there, one per figure."""
+    copy = rebuilt
+    svg = lambda page: re.sub(r"<svg\b.*?</svg>", "<svg/>", page, flags=re.S)
+    committed, rebuilt = (DEMO/"report.html").read_text(), (copy/"report.html").read_text()
+    assert svg(committed) == svg(rebuilt), "nbs/demo_run/report.html is stale: rebuild it with write_report"
+    figs = re.findall(r"\(figures/(.+?)\.png\)", (DEMO/"report.md").read_text())
+    assert figs and re.findall(r'<figure id="fig-([^"]+)"><svg ', committed) == figs
+
+
+def test_a_pdf_for_every_figure():
+    "Every figure of the committed run has its PDF (for papers) beside its PNG, and the page links it."
+    page = (DEMO/"report.html").read_text()
+    pngs = sorted((DEMO/"figures").glob("*.png"))
+    assert len(pngs) >= 5
+    for png in pngs:
+        pdf = png.with_suffix(".pdf")
+        assert pdf.exists() and pdf.read_bytes().startswith(b"%PDF-"), f"nbs/demo_run/figures/{pdf.name} is missing"
+        assert f'<a href="figures/{pdf.name}">PDF</a>' in page
 
 
 def test_readme_and_home_page_show_the_committed_run():

@@ -67,7 +67,7 @@ def run(config, run_dir, n, launcher="torchrun", extra=(), **kw):
 
 def files(run_dir):
     "Every result file of a run, by relative path (training checkpoints, locks, logs and timings aside)."
-    skip = ("checkpoints", "log.txt", ".lock", "manifest.json", "report.md", "judge_cache")
+    skip = ("checkpoints", "log.txt", ".lock", "manifest.json", "report.md", "report.html", "judge_cache")  # the reports show stage times
     return {str(p.relative_to(run_dir)): p for p in sorted(run_dir.rglob("*")) if p.is_file()
             and not any(s in str(p.relative_to(run_dir)) for s in skip) and not p.name.startswith(".")}
 
