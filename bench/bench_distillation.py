@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 from persona_vectors.models import chat_prompt_ids, decoder_layers, hidden_size, base_model
 from persona_vectors.steering import Steering
 from persona_vectors.artifacts import load_trait, DEMO_TRAIT
-from persona_vectors import distillation as D
+from persona_vectors import distillation as D, trajectories as T, kl_losses as K
 from .common import Ctx, PeakMemory, interleaved, matmul_params, row, trim
 from .bench_extraction import answer_texts
 
@@ -181,7 +181,7 @@ def steps_rows(ctx: Ctx) -> list[dict]:
         import time
         t0 = time.perf_counter()
         with torch.no_grad():
-            cache = D.teacher_topk(src, [dict(input_ids=r["prompt_ids"] + r["response_ids"], prompt_len=r["prompt_len"],
+            cache = T.teacher_topk(src, [dict(input_ids=r["prompt_ids"] + r["response_ids"], prompt_len=r["prompt_len"],
                                               finished=r["finished"]) for r in ft_recs], steering, TOPK, tok.pad_token_id)
         cache_s = time.perf_counter() - t0
     (tmp/"topk").mkdir(parents=True, exist_ok=True)
@@ -238,7 +238,7 @@ def kl_rows(ctx: Ctx) -> list[dict]:
         mask = torch.ones(1, N, dtype=torch.bool, device=ctx.device)
         def project():
             h = h_s0.clone().requires_grad_(True)
-            loss = D.kl_on_response_from_hidden(h, h_t, mask, head, chunk_size=256)
+            loss = K.kl_on_response_from_hidden(h, h_t, mask, head, chunk_size=256)
             loss.backward()
             return float(loss.detach()), h.grad
         def baseline():

@@ -62,8 +62,9 @@ def records(tok, n: int, resp_len: int, vocab: int | None = None, seed: int = 0)
 def measure(src, tok, recs: list[dict], setting: dict, batch: int, grad_accum: int, steps: int = 3) -> dict:
     "Peak memory of building the project's trainer on a copy of `src` and training `steps` steps; median step time after the first."
     from persona_vectors.steering import Steering
-    L = len(D.decoder_layers(src))
-    v = torch.randn(L + 1, D.hidden_size(src), generator=torch.Generator().manual_seed(0))
+    from persona_vectors.models import decoder_layers, hidden_size
+    L = len(decoder_layers(src))
+    v = torch.randn(L + 1, hidden_size(src), generator=torch.Generator().manual_seed(0))
     steering = Steering(v / v.norm(dim=-1, keepdim=True) * 4.0, layer=L // 2, alpha=2.0, positions="response")
     cfg = D.DistillConfig(method=setting["method"], r=setting["r"], lora_alpha=2 * setting["r"], target_modules=list(R.LORA_TARGETS),
                           max_steps=steps, batch_size=batch, grad_accum=grad_accum, gradient_checkpointing=setting["checkpointing"],

@@ -82,7 +82,8 @@ def check_distillation(b16, vector, layer: int, alpha: float, out: Path, device:
     "20 LoRA steps on the steered bf16 model's trajectories: loss, step time, peak memory."
     from persona_vectors.models import Sampling
     from persona_vectors.steering import Steering
-    from persona_vectors.distillation import sample_trajectories, distill, DistillConfig
+    from persona_vectors.trajectories import sample_trajectories
+    from persona_vectors.distillation import distill, DistillConfig
     m, tok = b16
     s = Steering(vector, layer, alpha, "response")
     trajs = sample_trajectories(m, tok, QUESTIONS, s, out/"trajectories.jsonl", n=32,

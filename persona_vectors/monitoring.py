@@ -20,9 +20,9 @@ from .models import (Sampling, chat_prompt_ids, generate, generate_logged, decod
 from .extraction import activation_means
 from .steering import Steering, steer, unadapted, auroc
 from .records import RecordLog, atomic_write, write_json, read_json
+from .trajectories import steering_record, vector_hash
 from .distillation import (DistillConfig, lora_student, training_arguments, SaveAtEnd, param_counts,
-                                          last_complete_checkpoint, steering_record, vector_hash, _save_dir,
-                                          _sort_targets, _checkpoint_step)
+                                          last_complete_checkpoint, _save_dir, _sort_targets, _checkpoint_step)
 from .parallel import barrier
 
 # %% auto #0

@@ -853,7 +853,7 @@ def trajectories(self: Study):
     inputs = dict(n=n, n_heldout=d.n_heldout, max_new_tokens=d.max_new_tokens, temperature=d.temperature, top_p=d.top_p,
                   batch_size=self.cfg.evaluation.batch_size, seed=self.cfg.seed, layer=layer, alpha=alpha, positions=st.positions)
     def fn(out):
-        from persona_vectors.distillation import sample_trajectories
+        from persona_vectors.trajectories import sample_trajectories
         from persona_vectors.steering import Steering
         from persona_vectors.models import Sampling
         m, t = self.model(); tr = self.trait()
@@ -888,7 +888,8 @@ def variant_config(variant: str, # 'loraR' or 'full'
 @patch
 def _evaluate_student(self: Study, student, out: Path, label: str, base=None, student_settings=()) -> dict:
     "Held-out KL, gap recovered, parameter counts and the behavioural evaluation of a student."
-    from persona_vectors.distillation import distillation_kl, param_counts
+    from persona_vectors.distill_eval import distillation_kl
+    from persona_vectors.distillation import param_counts
     from persona_vectors.steering import evaluate, Steering
     ev, st = self.cfg.evaluation, self.cfg.steering
     m, t = self.model(); tr = self.trait()
@@ -913,7 +914,8 @@ def distilled(self: Study, variant: str, n_trajectories: int | None = None):
     inputs = dict(variant=variant, n=n, config={k: v for k, v in cfg_.__dict__.items()}, evaluation=self.cfg.evaluation.model_dump(),
                   judge=self.judge_inputs())
     def fn(out):
-        from persona_vectors.distillation import distill, load_trajectories
+        from persona_vectors.trajectories import load_trajectories
+        from persona_vectors.distillation import distill
         from persona_vectors.steering import Steering
         st, c = self.cfg.steering, self.cfg.model
         import torch
