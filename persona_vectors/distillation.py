@@ -16,17 +16,17 @@ from torch import nn
 from safetensors.torch import save_file, load_file
 from transformers import Trainer, TrainingArguments, TrainerCallback
 
-from .models import decoder_layers, base_model, load_model
+from .models import decoder_layers, base_model, load_model, generate, Sampling, _seed
 from .steering import Steering
-from .records import write_json, read_json
-from .parallel import is_main, barrier
+from .records import write_json, read_json, RecordLog
+from .parallel import is_main, barrier, rank
 from .trajectories import (steering_record, load_trajectories, TrajectoryDataset, DistillCollator, unwrap,
                                           output_head, forward_hidden)
 from .kl_losses import TopK, kl_on_response_from_hidden
 
 # %% auto #0
 __all__ = ['TEACHERS', 'BAKED_BIAS_FILE', 'eval_mode', 'adapters_disabled', 'SaveAtEnd', 'DistillTrainer', 'DistillConfig',
-           'lora_student', 'param_counts', 'training_arguments', 'distill_trainer', 'Distilled',
+           'lora_student', 'param_counts', 'training_arguments', 'distill_trainer', 'Distilled', 'step_totals',
            'last_complete_checkpoint', 'distill', 'bake_steering', 'save_baked', 'load_baked']
 
 # %% ../nbs/05c_distillation.ipynb #41a77d5b
@@ -47,20 +47,30 @@ def adapters_disabled(model: nn.Module): # a PEFT model
 # %% ../nbs/05c_distillation.ipynb #99cff0ce
 TEACHERS = ("adapter", "copy", "topk")
 
+def _check_unit(name: str, # the parameter's name, for the message
+                x: float, # its value
+               ):
+    "Refuse a mixing weight outside [0, 1] (or NaN)."
+    if not (isinstance(x, (int, float)) and 0 <= x <= 1): raise ValueError(f"{name} must be in [0, 1], got {x!r}")
+
 class SaveAtEnd(TrainerCallback):
     "Checkpoint the last step too, so a finished run resumes as finished."
     def on_step_end(self, args, state, control, **kw):
         if state.global_step >= state.max_steps: control.should_save = True
 
 class DistillTrainer(Trainer):
-    "A `Trainer` minimising forward KL(steered teacher || student) on response tokens, normalised over the accumulated batch."
+    "A `Trainer` minimising KL(steered teacher || student) (or the generalized JSD) on response tokens, normalised over the accumulated batch."
     loss_is_scaled_for_ga = True  # compute_loss already divides by the response tokens of the whole accumulated batch
 
     def __init__(self, *args,
-                 steering: Steering, # the teacher's steering setting
+                 steering: Steering, # the teacher's setting
                  teacher: str = "adapter", # 'adapter' (PEFT model, adapters disabled), 'copy' (`teacher_model`), 'topk' (cached)
                  teacher_model: nn.Module | None = None, # the frozen teacher weights for teacher='copy'
                  chunk_size: int = 256, # positions per KL chunk
+                 beta: float = 0.0, # generalized JSD: 0 forward KL(teacher || student), 1 reverse KL, between: TRL's mixture
+                 lmbda: float = 0.0, # share of each step's sequences the student re-samples itself (0: off-policy)
+                 sampling: Sampling | None = None, # how the student samples (needed when lmbda > 0)
+                 student_tokenizer=None, # the student's tokenizer (needed when lmbda > 0)
                  **kwargs):
         super().__init__(*args, **kwargs)
         if teacher not in TEACHERS: raise ValueError(f"unknown teacher {teacher!r}; expected one of {TEACHERS}")
@@ -70,19 +80,62 @@ class DistillTrainer(Trainer):
         if self.args.n_gpu > 1:
             raise ValueError("several GPUs in one process (DataParallel) are not supported: launch one process per GPU "
                              "with `accelerate launch` or `torchrun` (DDP / FSDP / DeepSpeed)")
+        _check_unit("beta", beta); _check_unit("lmbda", lmbda)
+        if teacher == "topk" and (beta or lmbda):
+            raise ValueError("a cached top-k teacher gives forward KL on the stored trajectories only: beta and lmbda need the "
+                             "teacher's full distribution on any sequence (teacher 'adapter' or 'copy')")
+        if lmbda and (sampling is None or student_tokenizer is None): raise ValueError("lmbda > 0 needs `sampling` and `student_tokenizer`")
         self.steering, self.teacher, self.chunk_size = steering, teacher, chunk_size
+        self.beta, self.lmbda, self.sampling, self.student_tokenizer = beta, lmbda, sampling, student_tokenizer
         self.add_callback(SaveAtEnd)
         self.teacher_model = teacher_model.to(self.args.device).eval().requires_grad_(False) if teacher_model is not None else None
+        self.step_log = RecordLog(Path(self.args.output_dir).parent/"steps.jsonl", key=lambda r: r["step"])  # the main process writes it
 
     def _across_devices(self) -> bool:
         return bool(self.args.average_tokens_across_devices and self.args.world_size > 1)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
-        "The micro-batches of one optimizer step, and the number of response tokens in all of them."
+        "The micro-batches of one optimizer step (a `lmbda` share re-sampled by the student), and their response tokens."
         batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        step, stats = self.state.global_step, dict(sequences=0, new_tokens=0, prompt_tokens=0, ended_at_once=0)
+        if self.lmbda > 0:  # exactly round(lmbda * n) of the step's n sequences: those whose seeded draw is smallest
+            tids = [t for b in batches for t in b["traj_ids"].tolist()]
+            chosen = set(sorted(tids, key=lambda t: _seed("on-policy share", self.args.seed, step, t))[:round(self.lmbda * len(tids))])
+            for j, b in enumerate(batches):
+                batches[j], st = self.on_policy(b, step, chosen)
+                for k in stats: stats[k] += st[k]
+            if stats["sequences"] and stats["ended_at_once"] == stats["sequences"]:
+                warnings.warn(f"on-policy step {step}: every one of the student's {stats['sequences']} samples ended at once; each "
+                              "still trains on its end-token position (the teacher's distribution there), nothing else")
+        if batches and is_main():
+            self.step_log.append(dict(step=step, rank=rank(), micro_batches=len(batches), trained_tokens=sum(int(b["attention_mask"].sum()) for b in batches),
+                                      loss_tokens=sum(int(b["loss_mask"].sum()) for b in batches), **{f"on_policy_{k}": v for k, v in stats.items()}))
         n = torch.tensor(sum(int(b["loss_mask"].sum()) for b in batches), device=device)
         if self._across_devices(): n = self.accelerator.gather(n).sum()
         return batches, n
+
+    def on_policy(self, batch: dict, # a `DistillCollator` micro-batch of teacher trajectories
+                  step: int, # the optimizer step it is for (seeds the samples)
+                  chosen: set, # ids of the trajectories the student answers anew
+                 ) -> tuple[dict, dict]:
+        "The micro-batch with a `lmbda` share of its sequences answered anew by the student (adapters on, no steering); counts."
+        ids, am, lm = batch["input_ids"].cpu(), batch["attention_mask"].cpu().bool(), batch["loss_mask"].cpu()
+        feats, redo = [], []
+        for i, (tid, P) in enumerate(zip(batch["traj_ids"].tolist(), batch["prompt_lens"].tolist())):
+            row = ids[i][am[i]].tolist()  # prompt + response, padding removed (either side)
+            feats.append(dict(input_ids=row, prompt_len=P, finished=int(lm[i].sum()) > len(row) - P, id=tid))
+            if tid in chosen: redo.append(i)
+        gens = []
+        if redo:
+            m = unwrap(self.model)
+            with torch.no_grad(), eval_mode(m):
+                gens = generate(m, self.student_tokenizer, [feats[i]["input_ids"][:feats[i]["prompt_len"]] for i in redo],
+                                sampling=self.sampling, batch_size=len(redo), progress=False,
+                                seeds=[_seed("on-policy sample", self.args.seed, step, feats[i]["id"]) for i in redo])
+            for i, g in zip(redo, gens): feats[i] = dict(feats[i], input_ids=list(g.prompt_ids) + list(g.response_ids), finished=g.finished)
+        out = {k: v.to(batch["input_ids"].device) for k, v in self.data_collator(feats).items()}
+        return out, dict(sequences=len(redo), new_tokens=sum(len(g.response_ids) + g.finished for g in gens),
+                         prompt_tokens=sum(len(g.prompt_ids) for g in gens), ended_at_once=sum(not g.response_ids for g in gens))
 
     def teacher_target(self, model, inputs) -> tuple[torch.Tensor | TopK, Callable | None]:
         "The teacher's final hidden states (and its head), or its cached top-k, for one batch."
@@ -96,7 +149,7 @@ class DistillTrainer(Trainer):
         target, thead = self.teacher_target(model, inputs)
         h = forward_hidden(model, inputs)
         loss = kl_on_response_from_hidden(h, target, inputs["loss_mask"], output_head(model), thead,
-                                          normalizer=num_items_in_batch, chunk_size=self.chunk_size,
+                                          normalizer=num_items_in_batch, chunk_size=self.chunk_size, **({"beta": self.beta} if self.beta else {}),
                                           fused=not (self.is_fsdp_enabled or self.is_deepspeed_enabled))
         if num_items_in_batch is not None and self._across_devices(): loss = loss * self.accelerator.num_processes
         return (loss, {}) if return_outputs else loss
@@ -127,6 +180,8 @@ class DistillConfig:
     save_steps: int = 100 # checkpoint every this many steps (for resume)
     save_total_limit: int | None = 2 # checkpoints kept
     logging_steps: int = 10 # log the loss every this many steps
+    beta: float = 0.0 # the divergence (generalized JSD, TRL's convention): 0 forward KL(teacher || student), 1 reverse KL
+    lmbda: float = 0.0 # on-policy share: each step the student re-samples this share of its sequences (0: off-policy, today's)
     training_args: dict = field(default_factory=dict) # any other `TrainingArguments` (deepspeed=..., fsdp=..., ...)
 
     def __post_init__(self):
@@ -134,6 +189,8 @@ class DistillConfig:
         if self.teacher not in TEACHERS + ("auto",): raise ValueError(f"unknown teacher {self.teacher!r}; expected one of {TEACHERS + ('auto',)}")
         if self.method == "full" and self.teacher == "adapter": raise ValueError("teacher='adapter' needs method='lora' (a full fine-tune has no adapters to disable)")
         if min(self.max_steps, self.batch_size, self.grad_accum, self.r, self.chunk_size) < 1: raise ValueError("steps, batch size, accumulation, rank and chunk size must be >= 1")
+        _check_unit("beta", self.beta); _check_unit("lmbda", self.lmbda)
+        if self.teacher == "topk" and (self.beta or self.lmbda): raise ValueError("teacher='topk' trains forward KL on stored trajectories only: beta and lmbda must be 0")
 
     def resolved_teacher(self) -> str: return ("adapter" if self.method == "lora" else "copy") if self.teacher == "auto" else self.teacher
     def lr(self) -> float: return self.learning_rate if self.learning_rate is not None else (1e-4 if self.method == "lora" else 1e-5)
@@ -199,6 +256,12 @@ def training_arguments(config: DistillConfig, # the run's configuration
     return TrainingArguments(**{**kw, **config.training_args})
 
 # %% ../nbs/05c_distillation.ipynb #a0c6ccf7
+def _student_sampling(records: Sequence[dict]) -> Sampling:
+    "How an on-policy student samples: as the teacher's trajectories were sampled (their recorded `sampling`)."
+    s = records[0].get("sampling") or {}
+    return Sampling(**{k: s[k] for k in ("temperature", "top_p", "max_new_tokens", "greedy", "seed") if k in s}) if s else \
+        Sampling(max_new_tokens=max(len(r["response_ids"]) + 1 for r in records))
+
 def distill_trainer(model: nn.Module, # the base model (LoRA wraps it in place; a full fine-tune trains it in place)
                     tokenizer, # its tokenizer
                     trajectories: Sequence[dict] | str | Path, # records, or a JSONL file of `sample_trajectories`
@@ -224,7 +287,8 @@ def distill_trainer(model: nn.Module, # the base model (LoRA wraps it in place; 
         student = model.requires_grad_(True)
     trainer = trainer_cls(model=student, args=training_arguments(config, Path(output_dir)/"checkpoints", progress), train_dataset=ds,
                           data_collator=DistillCollator(tokenizer.pad_token_id, config.padding_side), steering=steering,
-                          teacher=teacher, teacher_model=teacher_model, chunk_size=config.chunk_size, callbacks=list(callbacks))
+                          teacher=teacher, teacher_model=teacher_model, chunk_size=config.chunk_size, callbacks=list(callbacks),
+                          beta=config.beta, lmbda=config.lmbda, student_tokenizer=tokenizer, sampling=_student_sampling(records))
     if not progress: trainer.remove_callback(PrinterCallback)
     return trainer
 
@@ -265,6 +329,13 @@ class Distilled:
     summary: dict # what distill.json holds
 
 # %% ../nbs/05c_distillation.ipynb #82ec35c9
+def step_totals(path: str | Path, # the `steps.jsonl` a `DistillTrainer` writes beside its checkpoints
+               ) -> dict:
+    "Tokens trained on and sampled on-policy over a run (main process), summed from its per-step log: the compute it spent."
+    recs = RecordLog(path, key=lambda r: r["step"]).records if Path(path).exists() else []
+    keys = ("trained_tokens", "loss_tokens", "on_policy_sequences", "on_policy_new_tokens", "on_policy_prompt_tokens", "on_policy_ended_at_once")
+    return {k: sum(r[k] for r in recs) for k in keys}
+
 def last_complete_checkpoint(directory: str | Path, # the `checkpoints` directory of a distillation run
                             ) -> str | None:
     "The newest `checkpoint-N` in `directory` whose `trainer_state.json` was written (None if there is none)."
@@ -305,7 +376,7 @@ def distill(model: nn.Module, # the base model (LoRA wraps it in place; a full f
     summary = dict(config=asdict(config), teacher=config.resolved_teacher(), steering=steering_record(steering),
                    n_trajectories=len(trainer.train_dataset), steps=trainer.state.global_step, params=param_counts(student),
                    resumed_from=last, train_seconds=round(time.time() - t0, 1),
-                   loss=[(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h])
+                   loss=[(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h], **step_totals(output_dir/"steps.jsonl"))
     if save:
         if config.method == "lora":
             _save_dir(output_dir/"adapter", lambda p: (student.save_pretrained(p), tokenizer.save_pretrained(p), _sort_targets(p)))

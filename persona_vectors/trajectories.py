@@ -190,7 +190,7 @@ class TrajectoryDataset(torch.utils.data.Dataset):
 # %% ../nbs/05a_trajectories.ipynb #057b852d
 @dataclass
 class DistillCollator:
-    "Pad trajectories into a batch: ids, attention mask, position ids, prompt lengths, loss mask (and cached top-k)."
+    "Pad trajectories into a batch: ids, attention mask, position ids, prompt lengths, loss mask, trajectory ids (and cached top-k)."
     pad_id: int = 0 # the pad token id
     padding_side: str = "left" # 'left' or 'right'
 
@@ -214,7 +214,7 @@ class DistillCollator:
                 if len(f["topk_ids"]) != b - a: raise ValueError(f"trajectory {f.get('id')}: {len(f['topk_ids'])} cached top-k rows for {b - a} loss positions")
                 tk_ids[i, off + a:off + b], tk_logp[i, off + a:off + b] = f["topk_ids"].long(), f["topk_logp"].float()
         out = dict(input_ids=ids, attention_mask=am, position_ids=position_ids(am), loss_mask=loss,
-                   prompt_lens=torch.tensor([f["prompt_len"] for f in features]))
+                   prompt_lens=torch.tensor([f["prompt_len"] for f in features]), traj_ids=torch.tensor([int(f.get("id", i)) for i, f in enumerate(features)]))
         if topk: out.update(topk_ids=tk_ids, topk_logp=tk_logp)
         return out
 
