@@ -1,4 +1,4 @@
-"""Forward KL(teacher ‖ student) on the response tokens: exact, normalised over the whole accumulated batch, memory-bounded in float32 chunks, from logits or from final hidden states, against full teacher distributions or a cached top-k.
+"""Forward KL(teacher ‖ student), reverse KL and TRL's generalized JSD between them on the response tokens: exact, normalised over the whole accumulated batch, memory-bounded in float32 chunks, from logits or from final hidden states, against full teacher distributions or a cached top-k.
 
 Docs: https://persona-vectors.github.io/persona_vectors/kl_losses.html.md"""
 
@@ -6,6 +6,7 @@ Docs: https://persona-vectors.github.io/persona_vectors/kl_losses.html.md"""
 
 # %% ../nbs/05b_kl_losses.ipynb #29468371
 from __future__ import annotations
+import math
 from typing import Callable, NamedTuple
 
 import torch
@@ -13,7 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 # %% auto #0
-__all__ = ['TopK', 'kl_rows', 'to_topk', 'kl_on_response', 'LinearKL', 'kl_on_response_from_hidden']
+__all__ = ['TopK', 'kl_rows', 'to_topk', 'divergence_rows', 'kl_on_response', 'LinearKL', 'kl_on_response_from_hidden']
 
 # %% ../nbs/05b_kl_losses.ipynb #5ec0b40c
 class TopK(NamedTuple):
@@ -52,6 +53,48 @@ def to_topk(logits: torch.Tensor, # [..., vocab] teacher logits
     v_, i_ = torch.log_softmax(logits.float(), -1).topk(k, -1)
     return TopK(i_, v_)
 
+# %% ../nbs/05b_kl_losses.ipynb #f33784e5
+def _check_beta(beta: float, # the generalized JSD's interpolation: 0 forward KL, 1 reverse KL
+                teacher=None, # the teacher; a `TopK` is refused when beta > 0
+               ) -> float:
+    "`beta` as a float in [0, 1], else a ValueError naming it (also for a `TopK` teacher with beta > 0)."
+    b = float(beta)
+    if not 0 <= b <= 1: raise ValueError(f"beta must be in [0, 1] (0: forward KL, 1: reverse KL), got {beta!r}")
+    if b > 0 and isinstance(teacher, TopK):
+        raise ValueError(f"beta={b} needs the teacher's full distribution, but the teacher is a TopK: its one-bucket tail "
+                         "stands in for the forward KL only (beta=0); pass the teacher's hidden states or logits")
+    return b
+
+# %% ../nbs/05b_kl_losses.ipynb #3c177656
+def _kl_log(la: torch.Tensor, # [N, vocab] log-probs of a
+            lb: torch.Tensor, # [N, vocab] log-probs of b
+           ) -> torch.Tensor:
+    "KL(a || b) of each row from log-probs, `sum_v a (log a - log b)` with 0 log 0 = 0 (and a zero, not NaN, gradient there)."
+    a = la.exp()
+    return (a * torch.where(a > 0, la - lb, 0)).sum(-1)
+
+def _log_mix(la: torch.Tensor, # [N, vocab] log-probs of a
+             lb: torch.Tensor, # [N, vocab] log-probs of b
+             w: float, # the weight of a, 0 < w < 1
+            ) -> torch.Tensor:
+    "log(w a + (1 - w) b) from log-probs; where both are 0 it is the dtype's lowest finite value (never read), so its gradient is 0, not NaN."
+    lo = torch.finfo(la.dtype).min
+    return torch.logaddexp((la + math.log(w)).clamp(min=lo), (lb + math.log1p(-w)).clamp(min=lo))
+
+# %% ../nbs/05b_kl_losses.ipynb #9e95c5a1
+def divergence_rows(student_logits: torch.Tensor, # [N, vocab] student logits
+                    teacher: torch.Tensor | TopK, # [N, vocab] teacher logits (a `TopK` only with beta = 0)
+                    beta: float = 0.0, # TRL's GKD interpolation: 0 forward KL(teacher || student), 1 reverse KL(student || teacher)
+                   ) -> torch.Tensor:
+    "Generalized JSD of each row as TRL's GKD defines it, summed over the vocabulary: [N], float32 (float64 for float64 input)."
+    beta = _check_beta(beta, teacher)
+    if beta == 0: return kl_rows(student_logits, teacher)
+    ls = torch.log_softmax(_float(student_logits), -1)
+    lt = torch.log_softmax(_float(teacher.detach()).to(ls.dtype), -1)  # a constant target, as in `kl_rows`
+    if beta == 1: return _kl_log(ls, lt)
+    lm = _log_mix(lt, ls, beta)  # log(beta p + (1 - beta) q)
+    return beta * _kl_log(lt, lm) + (1 - beta) * _kl_log(ls, lm)
+
 # %% ../nbs/05b_kl_losses.ipynb #8d6d1a85
 def _chunk_sum(fn: Callable, chunk_size: int, n_rows: int, *rows: Callable[[slice], object]) -> torch.Tensor:
     "Sum `fn` over row chunks; each chunk runs under activation checkpointing when a gradient is needed."
@@ -81,19 +124,21 @@ def kl_on_response(student_logits: torch.Tensor, # [B, T, vocab] student logits
                    loss_mask: torch.Tensor, # [B, T] bool: positions whose outputs predict response tokens
                    normalizer: int | torch.Tensor | None = None, # response tokens of the whole accumulated batch (default: this batch's)
                    chunk_size: int = 1024, # positions per float32 chunk
+                   beta: float = 0.0, # generalized JSD (TRL's GKD): 0 forward KL(teacher || student), 1 reverse KL
                   ) -> torch.Tensor:
-    "Summed forward KL(teacher || student) over the masked positions, divided by `normalizer`."
+    "Summed `divergence_rows` (forward KL(teacher || student) by default) over the masked positions, divided by `normalizer`."
+    beta = _check_beta(beta, teacher)
     b, t = loss_mask.nonzero(as_tuple=True)
     n = _normalizer(loss_mask, normalizer)
     if len(b) == 0: return student_logits.sum() * 0 / n
-    s = _chunk_sum(lambda sl, tl: kl_rows(sl, tl).sum(), chunk_size, len(b), _rows(student_logits, b, t), _rows(teacher, b, t))
+    s = _chunk_sum(lambda sl, tl: divergence_rows(sl, tl, beta).sum(), chunk_size, len(b), _rows(student_logits, b, t), _rows(teacher, b, t))
     return s / n
 
 # %% ../nbs/05b_kl_losses.ipynb #dcdf1864
 class LinearKL(torch.autograd.Function):
-    "Summed KL through a linear head, chunk by chunk, with the gradient formed in the forward pass (no recompute)."
+    "Summed divergence through a linear head, chunk by chunk, with the gradient formed in the forward pass (no recompute)."
     @staticmethod
-    def forward(ctx, hidden, weight, bias, target, chunk_size): # hidden [N, H]; the head's weight [V, H] and bias; target(slice) -> teacher rows; positions per chunk
+    def forward(ctx, hidden, weight, bias, target, chunk_size, beta=0.0): # hidden [N, H]; the head's weight [V, H] and bias; target(slice) -> teacher rows; positions per chunk; `divergence_rows`' beta
         need = ctx.needs_input_grad
         acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
         total = torch.zeros((), dtype=acc, device=hidden.device)
@@ -102,13 +147,13 @@ class LinearKL(torch.autograd.Function):
         g_b = torch.zeros_like(bias, dtype=acc) if bias is not None and need[2] else None
         for c in range(0, hidden.shape[0], chunk_size):
             sl = slice(c, c + chunk_size)
-            # autograd of `kl_rows` itself, one chunk at a time: exact by construction. The chunk's graph is freed
+            # autograd of `divergence_rows` itself, one chunk at a time: exact by construction. The chunk's graph is freed
             # before the next chunk, so outer saved-tensor hooks (CPU offload, memory accounting) are kept off it.
             with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(lambda x: x, lambda x: x):
                 h = hidden[sl].detach().requires_grad_(need[0])
                 w = weight.detach().requires_grad_(need[1])
                 b = None if bias is None else bias.detach().requires_grad_(need[2])
-                kl = kl_rows(nn.functional.linear(h, w, b), target(sl)).sum()
+                kl = divergence_rows(nn.functional.linear(h, w, b), target(sl), beta).sum()
                 wrt = [x for x, n in ((h, need[0]), (w, need[1]), (b, need[2])) if n and x is not None]
                 grads = list(torch.autograd.grad(kl, wrt)) if wrt else []
             total += kl.detach()
@@ -123,8 +168,7 @@ class LinearKL(torch.autograd.Function):
     def backward(ctx, grad_out):
         g_h, g_w, g_b = ctx.saved_tensors
         scale = lambda g, dt=None: None if g is None else (g * grad_out).to(dt or g.dtype)
-        return scale(g_h), scale(g_w, ctx.dtypes[0]), scale(g_b, ctx.dtypes[1]), None, None
-
+        return scale(g_h), scale(g_w, ctx.dtypes[0]), scale(g_b, ctx.dtypes[1]), None, None, None
 
 # %% ../nbs/05b_kl_losses.ipynb #33e31727
 def kl_on_response_from_hidden(student_hidden: torch.Tensor, # [B, T, hidden] final hidden states of the student
@@ -135,8 +179,10 @@ def kl_on_response_from_hidden(student_hidden: torch.Tensor, # [B, T, hidden] fi
                                normalizer: int | torch.Tensor | None = None, # response tokens of the whole accumulated batch
                                chunk_size: int = 256, # positions per chunk
                                fused: bool = True, # `LinearKL` for a plain linear head (False: checkpointed chunks)
+                               beta: float = 0.0, # generalized JSD (TRL's GKD): 0 forward KL(teacher || student), 1 reverse KL
                               ) -> torch.Tensor:
     "Like `kl_on_response`, from final hidden states: the head is applied per chunk, logits are never materialised."
+    beta = _check_beta(beta, teacher)
     b, t = loss_mask.nonzero(as_tuple=True)
     n = _normalizer(loss_mask, normalizer)
     if len(b) == 0: return student_hidden.sum() * 0 / n
@@ -144,12 +190,12 @@ def kl_on_response_from_hidden(student_hidden: torch.Tensor, # [B, T, hidden] fi
     def chunk_kl(hs, tt):
         if not isinstance(tt, TopK):
             with torch.no_grad(): tt = th(tt.detach())
-        return kl_rows(head(hs), tt).sum()
+        return divergence_rows(head(hs), tt, beta).sum()
     s_rows, t_rows = _rows(student_hidden, b, t), _rows(teacher, b, t)
     if fused and type(head) is nn.Linear and torch.is_grad_enabled() and (student_hidden.requires_grad or head.weight.requires_grad):
         def target(sl):
             tt = t_rows(sl)
             if isinstance(tt, TopK): return tt
             with torch.no_grad(): return th(tt.detach())
-        return LinearKL.apply(s_rows(slice(None)), head.weight, head.bias, target, chunk_size) / n
+        return LinearKL.apply(s_rows(slice(None)), head.weight, head.bias, target, chunk_size, beta) / n
     return _chunk_sum(chunk_kl, chunk_size, len(b), s_rows, t_rows) / n
