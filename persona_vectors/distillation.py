@@ -27,7 +27,7 @@ from .kl_losses import TopK, kl_on_response_from_hidden
 # %% auto #0
 __all__ = ['TEACHERS', 'BAKED_BIAS_FILE', 'eval_mode', 'adapters_disabled', 'SaveAtEnd', 'DistillTrainer', 'DistillConfig',
            'lora_student', 'param_counts', 'training_arguments', 'distill_trainer', 'Distilled', 'step_totals',
-           'last_complete_checkpoint', 'distill', 'bake_steering', 'save_baked', 'load_baked']
+           'last_complete_checkpoint', 'distill', 'distill_flops', 'bake_steering', 'save_baked', 'load_baked']
 
 # %% ../nbs/05c_distillation.ipynb #41a77d5b
 @contextlib.contextmanager
@@ -97,7 +97,7 @@ class DistillTrainer(Trainer):
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         "The micro-batches of one optimizer step (a `lmbda` share re-sampled by the student), and their response tokens."
         batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
-        step, stats = self.state.global_step, dict(sequences=0, new_tokens=0, prompt_tokens=0, ended_at_once=0)
+        step, stats = self.state.global_step, dict(sequences=0, tokens=0, new_tokens=0, prompt_tokens=0, ended_at_once=0)
         if self.lmbda > 0:  # exactly round(lmbda * n) of the step's n sequences: those whose seeded draw is smallest
             tids = [t for b in batches for t in b["traj_ids"].tolist()]
             chosen = set(sorted(tids, key=lambda t: _seed("on-policy share", self.args.seed, step, t))[:round(self.lmbda * len(tids))])
@@ -134,7 +134,8 @@ class DistillTrainer(Trainer):
                                 seeds=[_seed("on-policy sample", self.args.seed, step, feats[i]["id"]) for i in redo])
             for i, g in zip(redo, gens): feats[i] = dict(feats[i], input_ids=list(g.prompt_ids) + list(g.response_ids), finished=g.finished)
         out = {k: v.to(batch["input_ids"].device) for k, v in self.data_collator(feats).items()}
-        return out, dict(sequences=len(redo), new_tokens=sum(len(g.response_ids) + g.finished for g in gens),
+        return out, dict(sequences=len(redo), tokens=sum(len(g.prompt_ids) + len(g.response_ids) for g in gens),
+                         new_tokens=sum(len(g.response_ids) + g.finished for g in gens),
                          prompt_tokens=sum(len(g.prompt_ids) for g in gens), ended_at_once=sum(not g.response_ids for g in gens))
 
     def teacher_target(self, model, inputs) -> tuple[torch.Tensor | TopK, Callable | None]:
@@ -149,7 +150,7 @@ class DistillTrainer(Trainer):
         target, thead = self.teacher_target(model, inputs)
         h = forward_hidden(model, inputs)
         loss = kl_on_response_from_hidden(h, target, inputs["loss_mask"], output_head(model), thead,
-                                          normalizer=num_items_in_batch, chunk_size=self.chunk_size, **({"beta": self.beta} if self.beta else {}),
+                                          normalizer=num_items_in_batch, chunk_size=self.chunk_size, beta=self.beta,
                                           fused=not (self.is_fsdp_enabled or self.is_deepspeed_enabled))
         if num_items_in_batch is not None and self._across_devices(): loss = loss * self.accelerator.num_processes
         return (loss, {}) if return_outputs else loss
@@ -333,7 +334,8 @@ def step_totals(path: str | Path, # the `steps.jsonl` a `DistillTrainer` writes 
                ) -> dict:
     "Tokens trained on and sampled on-policy over a run (main process), summed from its per-step log: the compute it spent."
     recs = RecordLog(path, key=lambda r: r["step"]).records if Path(path).exists() else []
-    keys = ("trained_tokens", "loss_tokens", "on_policy_sequences", "on_policy_new_tokens", "on_policy_prompt_tokens", "on_policy_ended_at_once")
+    keys = ("trained_tokens", "loss_tokens", "on_policy_sequences", "on_policy_tokens", "on_policy_new_tokens", "on_policy_prompt_tokens",
+            "on_policy_ended_at_once")
     return {k: sum(r[k] for r in recs) for k in keys}
 
 def last_complete_checkpoint(directory: str | Path, # the `checkpoints` directory of a distillation run
@@ -389,6 +391,19 @@ def distill(model: nn.Module, # the base model (LoRA wraps it in place; a full f
         write_json(output_dir/"distill.json", summary)
         barrier()  # several processes: the main process has saved before anyone goes on
     return Distilled(student, tokenizer, trainer, output_dir, summary)
+
+# %% ../nbs/05c_distillation.ipynb #5e709a51
+def distill_flops(totals: dict, # token totals of a run (`step_totals`, in `distill`'s summary)
+                  n_params: int, # parameters of the model (total, not trainable)
+                  method: str = "lora", # 'lora' (no weight gradients for the frozen base) or 'full'
+                 ) -> dict:
+    "Training compute of a distillation run, in FLOPs (2 per parameter and token forward): sampling, teacher, student."
+    off_tokens = totals["trained_tokens"] - totals.get("on_policy_tokens", 0)  # sequences the teacher sampled beforehand
+    f = dict(teacher_sampling=2 * n_params * off_tokens,  # the trajectories trained on (at least one forward per token)
+             student_sampling=2 * n_params * (totals.get("on_policy_prompt_tokens", 0) + totals.get("on_policy_new_tokens", 0)),
+             teacher_forward=2 * n_params * totals["trained_tokens"],
+             student_train=(4 if method == "lora" else 6) * n_params * totals["trained_tokens"])  # forward + activation (+ weight) gradients
+    return dict(f, total=sum(f.values()))
 
 # %% ../nbs/05c_distillation.ipynb #7df64c1e
 _MLP_OUT = ("mlp.down_proj", "mlp.c_proj")
