@@ -14,11 +14,11 @@ from .records import read_json, atomic_write, RecordLog
 from .steering import summary_row, sweep_table, write_table, plot_sweep, save_figure, readable, METRICS, EVAL_KEY
 
 # %% auto #0
-__all__ = ['DISTILL_COLS', 'ANSWER_METRICS', 'DEMO_FILES', 'RunView', 'steering_rows', 'coefficient_table', 'layer_table',
-           'baselines_table', 'distillation_table', 'counts_table', 'plot_distillation', 'plot_counts', 'plot_scatter',
-           'compare_runs', 'missing_report', 'split_sections', 'inline_svg', 'figure_html', 'markdown_html',
-           'answer_settings', 'answers_browser', 'config_rows', 'render_report', 'write_html', 'write_report',
-           'headline', 'refresh_demo_run']
+__all__ = ['DISTILL_COLS', 'OBJECTIVE_COLS', 'ANSWER_METRICS', 'DEMO_FILES', 'RunView', 'steering_rows', 'coefficient_table',
+           'layer_table', 'baselines_table', 'distillation_table', 'counts_table', 'plot_distillation', 'plot_counts',
+           'objectives_table', 'plot_objectives', 'plot_scatter', 'compare_runs', 'missing_report', 'split_sections',
+           'inline_svg', 'figure_html', 'markdown_html', 'answer_settings', 'answers_browser', 'config_rows',
+           'render_report', 'write_html', 'write_report', 'headline', 'refresh_demo_run']
 
 # %% ../nbs/07_analysis.ipynb #a5bd4cb0
 class RunView:
@@ -144,6 +144,40 @@ def plot_counts(df: pd.DataFrame, teacher: dict | None = None): # from `counts_t
             ax.fill_between(df.n_trajectories, [c[0] for c in df.gap_recovered_ci], [c[1] for c in df.gap_recovered_ci], alpha=0.25)
         ax.set_xlabel("trajectories"); ax.set_ylabel("fraction of steering gap recovered (KL)"); ax.grid(alpha=0.3)
     fig.tight_layout()
+    return fig
+
+# %% ../nbs/07_analysis.ipynb #b05a5a3b
+OBJECTIVE_COLS = ["objective", "train_tflops", "gap_recovered", "gap_recovered_ci", "gap_recovered_own", "gap_recovered_own_ci",
+                  "kl_student", "kl_student_own", "kl_base_own"]
+
+def objectives_table(run: RunView) -> pd.DataFrame:
+    "Each distilled student (and the bake) with its objective, training compute and the gap on both distributions."
+    rows = []
+    for name, e in sorted(run.done("distilled/").items(), key=lambda kv: (kv[0] == "distilled/bake", kv[0])):
+        s = e["summary"]
+        rows.append(dict(summary_row(s, variant=s.get("variant", name.split("/", 1)[1])),
+                         **{k: s.get(k) for k in OBJECTIVE_COLS if k != "train_tflops"},
+                         train_tflops=(s.get("train_flops") or 0) / 1e12 if name != "distilled/bake" else 0.0))
+        if name == "distilled/bake": rows[-1]["objective"] = "exact bias ('all' positions), no training"
+    return pd.DataFrame(rows)
+
+# %% ../nbs/07_analysis.ipynb #32846336
+def plot_objectives(df: pd.DataFrame, # from `objectives_table`
+                    teacher: dict | None = None, # the steered teacher's summary row (a horizontal line in the trait panel)
+                   ):
+    "Gap recovered on teacher trajectories and on the student's own samples, and the trait index, against training compute."
+    import matplotlib.pyplot as plt
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    err = lambda v, ci: [[v - ci[0]], [ci[1] - v]] if isinstance(ci, (list, tuple)) else None
+    for i, r in enumerate(df.itertuples()):
+        c = f"C{i}"
+        if pd.notna(r.gap_recovered): a1.errorbar(r.train_tflops, r.gap_recovered, yerr=err(r.gap_recovered, r.gap_recovered_ci), fmt="o", color=c, capsize=3, label=f"{r.variant}: teacher trajectories")
+        if pd.notna(r.gap_recovered_own): a1.errorbar(r.train_tflops, r.gap_recovered_own, yerr=err(r.gap_recovered_own, r.gap_recovered_own_ci), fmt="s", mfc="none", color=c, capsize=3, label=f"{r.variant}: own samples")
+        if pd.notna(r.trait_index_mean): a2.errorbar(r.train_tflops, r.trait_index_mean, yerr=r.trait_index_se, fmt="o", color=c, capsize=3, label=r.variant)
+    if teacher: a2.axhline(teacher["trait_index_mean"], color="red", ls="--", lw=1, label="steered teacher")
+    a1.axhline(1, color="grey", lw=0.5); a1.set(xlabel="training compute (TFLOP)", ylabel="gap recovered", title="1 - KL(teacher||student) / KL(teacher||base)")
+    a2.set(xlabel="training compute (TFLOP)", ylabel="trait index (monitor)", title="trait index ± s.e.")
+    a1.legend(fontsize=7); a2.legend(fontsize=7); fig.tight_layout()
     return fig
 
 # %% ../nbs/07_analysis.ipynb #79b5860e
@@ -442,6 +476,18 @@ def write_report(directory: str | Path, # a run directory
     if len(nt):
         teacher = dt[dt.variant.str.startswith("steered")].iloc[0].to_dict() if len(dt) and dt.variant.str.startswith("steered").any() else None
         section("Trajectory counts", nt, "trajectory_counts", ["n_trajectories"] + [c for c in DISTILL_COLS if c in nt], plot_counts(nt, teacher))
+    ot = objectives_table(run)
+    if len(ot) and (ot.gap_recovered_own.notna().any() or (ot.objective.fillna("").str.contains("on-policy|GKD")).any()):
+        teacher = dt[dt.variant.str.startswith("steered")].iloc[0].to_dict() if len(dt) and dt.variant.str.startswith("steered").any() else None
+        own = ot[ot.train_tflops > 0].dropna(subset=["gap_recovered_own"])
+        best = own.loc[own.gap_recovered_own.idxmax()] if len(own) else None
+        section("Objectives at equal compute", ot, "objectives", ["variant", "objective", "train_tflops", "gap_recovered", "gap_recovered_ci",
+                "gap_recovered_own", "gap_recovered_own_ci"], plot_objectives(ot, teacher),
+                "`gap_recovered`: 1 - KL(teacher ‖ student) / KL(teacher ‖ base) per token on held-out *teacher* trajectories; "
+                "`gap_recovered_own`: the same on the student's *own* samples (its evaluation answers), where it is used; intervals: "
+                "bootstrap over sequences. `train_tflops`: the run's training compute (05c `distill_flops`: trajectory or on-policy "
+                "sampling, teacher and student passes)." + (f" Best on its own samples: **{best.variant}**, {best.gap_recovered_own:.3f} "
+                f"[{best.gap_recovered_own_ci[0]:.3f}, {best.gap_recovered_own_ci[1]:.3f}] at {best.train_tflops:.1f} TFLOP (goal: 0.95)." if best is not None else ""))
     from persona_vectors.monitoring import monitoring_report  # 13_monitoring: its section, when the run has its stages
     parts += monitoring_report(d)
     if len(run.done("steer/")):

@@ -18,12 +18,12 @@ from .records import atomic_write, write_json, read_json
 from .parallel import is_main, barrier, world_size
 
 # %% auto #0
-__all__ = ['STAGES', 'ModelConfig', 'TraitConfig', 'JudgeConfig', 'ExtractionConfig', 'SteeringConfig', 'EvaluationConfig',
-           'SweepConfig', 'DistillationConfig', 'MonitoringConfig', 'BaselinesConfig', 'StudyConfig', 'UserError',
-           'ConfigError', 'parse_override', 'validate_config', 'load_config', 'config_dir', 'resolve_config_path',
-           'model_facts', 'config_problems', 'process_problems', 'preflight', 'output_files', 'changed_outputs',
-           'RunLocked', 'lock_run_dir', 'Run', 'one_line', 'steer_stage', 'Study', 'sweep_settings', 'choose_setting',
-           'variant_config', 'count_trainings', 'plan']
+__all__ = ['OBJECTIVES', 'STAGES', 'ModelConfig', 'TraitConfig', 'JudgeConfig', 'ExtractionConfig', 'SteeringConfig',
+           'EvaluationConfig', 'SweepConfig', 'DistillationConfig', 'MonitoringConfig', 'BaselinesConfig',
+           'StudyConfig', 'UserError', 'ConfigError', 'parse_override', 'validate_config', 'load_config', 'config_dir',
+           'resolve_config_path', 'model_facts', 'config_problems', 'process_problems', 'preflight', 'output_files',
+           'changed_outputs', 'RunLocked', 'lock_run_dir', 'Run', 'one_line', 'steer_stage', 'Study', 'sweep_settings',
+           'choose_setting', 'variant_config', 'count_trainings', 'plan']
 
 # %% ../nbs/06_pipeline.ipynb #351265e4
 class _Section(BaseModel):
@@ -97,9 +97,12 @@ class SweepConfig(_Section):
     layers: list[int] = [4, 8, 12, 16, 20, 24] # layers at `steering.alpha`
     layer_alpha: Optional[float] = None # the layer sweep's coefficient when `steering.layer` and `steering.alpha` are both 'auto'
 
+OBJECTIVES = {"": "off-policy forward KL (teacher trajectories)", "on": "on-policy forward KL (the student's samples)",
+              "on-rkl": "on-policy reverse KL", "gkd": "GKD mix (`gkd_lambda` of the student's samples, generalized JSD `gkd_beta`)"}
+
 class DistillationConfig(_Section):
     "Trajectories, students and the schedule."
-    variants: list[str] = ["lora8", "lora16", "lora32", "full"] # 'loraR' (rank R) or 'full'
+    variants: list[str] = ["lora8", "lora16", "lora32", "full"] # 'loraR' (rank R) or 'full', then optionally an objective: '-on', '-on-rkl', '-gkd' (`OBJECTIVES`)
     n_trajectories: int = Field(1000, ge=1) # trajectories sampled from the steered teacher
     max_new_tokens: int = Field(256, ge=1) # trajectory length
     temperature: float = Field(1.0, gt=0) # trajectory sampling
@@ -118,13 +121,19 @@ class DistillationConfig(_Section):
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     n_heldout: int = Field(20, ge=1) # held-out evaluation trajectories for the KL metrics
     bake: bool = True # also evaluate the exact bias bake of 'all'-position steering
+    gkd_lambda: float = Field(0.5, ge=0, le=1) # the '-gkd' objective: share of each step's sequences the student samples itself
+    gkd_beta: float = Field(0.5, ge=0, le=1) # the '-gkd' objective: generalized JSD coefficient (0 forward KL, 1 reverse KL)
+    own_samples: bool = False # also measure each student's gap on its own samples (its evaluation answers)
+    diagnostics: bool = False # the per-position diagnostics stage: where in the response each student's gap lives
 
     @field_validator("variants", "count_variant")
     @classmethod
     def _variants(cls, v):
         for x in ([v] if isinstance(v, str) else v):
-            if not (x == "full" or (x.startswith("lora") and x[4:].isdigit() and int(x[4:]) > 0)):
-                raise ValueError(f"unknown distillation variant {x!r}: expected 'loraR' (e.g. 'lora8') or 'full'")
+            base, _, obj = x.partition("-")
+            if not (base == "full" or (base.startswith("lora") and base[4:].isdigit() and int(base[4:]) > 0)) or obj not in OBJECTIVES:
+                raise ValueError(f"unknown distillation variant {x!r}: expected 'loraR' (e.g. 'lora8') or 'full', optionally followed "
+                                 f"by one of {['-' + o for o in OBJECTIVES if o]} (e.g. 'lora8-gkd')")
         return v
 
 class MonitoringConfig(_Section):
@@ -868,12 +877,16 @@ def trajectories(self: Study):
     return self.run.stage("trajectories", inputs, ["vector"], fn)
 
 # %% ../nbs/06_pipeline.ipynb #e1542649
-def variant_config(variant: str, # 'loraR' or 'full'
+def variant_config(variant: str, # 'loraR' or 'full', optionally with an objective ('lora8-gkd'; see `OBJECTIVES`)
                    d: DistillationConfig, # the [distillation] section
                    seed: int, # the run seed
                   ):
     "The `DistillConfig` of a variant name."
     from persona_vectors.distillation import DistillConfig
+    variant, _, obj = variant.partition("-")
+    if obj:
+        lmbda, beta = dict(on=(1.0, 0.0), **{"on-rkl": (1.0, 1.0)}, gkd=(d.gkd_lambda, d.gkd_beta))[obj]
+        return replace(variant_config(variant, d, seed), lmbda=lmbda, beta=beta)
     if variant == "full":
         return DistillConfig(method="full", max_steps=d.max_steps, batch_size=d.batch_size, grad_accum=d.grad_accum,
                              learning_rate=d.full_learning_rate, seed=seed, save_steps=max(1, d.max_steps // 5),
@@ -900,8 +913,15 @@ def _evaluate_student(self: Study, student, out: Path, label: str, base=None, st
                        settings=student_settings, monitor=self.monitor(), judge=self.judge(), trait=tr if self.judge() else None,
                        label=label, store=out, batch_size=ev.batch_size, progress=self.progress)
     pc = param_counts(student)
+    own = {}
+    if self.cfg.distillation.own_samples:  # the same gap on the student's own samples: the evaluation answers it just wrote
+        from persona_vectors.distill_eval import own_samples_kl
+        ans = [json.loads(l) for l in (Path(out)/"answers.jsonl").read_text().splitlines() if l.strip()]
+        o = own_samples_kl(student, ans, teacher, base=base, tokenizer=t, student_settings=student_settings, batch_size=ev.batch_size, progress=False)
+        own = dict(kl_student_own=o["kl_teacher_student"], kl_base_own=o["kl_teacher_base"], gap_recovered_own=o["gap_recovered"],
+                   gap_recovered_own_ci=o["gap_recovered_ci"])
     return dict(summ, variant=label, trainable_params=pc["trainable"], total_params=pc["total"], kl_student=kl["kl_teacher_student"],
-                kl_base=kl["kl_teacher_base"], gap_recovered=kl["gap_recovered"], gap_recovered_ci=kl["gap_recovered_ci"])
+                kl_base=kl["kl_teacher_base"], gap_recovered=kl["gap_recovered"], gap_recovered_ci=kl["gap_recovered_ci"], **own)
 
 @patch
 def distilled(self: Study, variant: str, n_trajectories: int | None = None):
@@ -912,18 +932,18 @@ def distilled(self: Study, variant: str, n_trajectories: int | None = None):
     name = f"counts/{n}" if n_trajectories else f"distilled/{variant}"
     cfg_ = variant_config(variant, d, self.cfg.seed)
     inputs = dict(variant=variant, n=n, config={k: v for k, v in cfg_.__dict__.items()}, evaluation=self.cfg.evaluation.model_dump(),
-                  judge=self.judge_inputs())
+                  judge=self.judge_inputs(), **({"own_samples": True} if d.own_samples else {}))  # absent when off: older runs keep their keys
     def fn(out):
         from persona_vectors.trajectories import load_trajectories
-        from persona_vectors.distillation import distill
+        from persona_vectors.distillation import distill, distill_flops
         from persona_vectors.steering import Steering
         st, c = self.cfg.steering, self.cfg.model
         import torch
         m, t = self.model()
         # a bf16 / fp16 study trains under autocast: LoRA keeps the frozen base in the study's dtype (its adapters are
         # float32), a full fine-tune loads float32 master weights; the student is evaluated in the study's dtype
-        half = m.dtype in (torch.bfloat16, torch.float16)
-        dtype = torch.float32 if half and variant == "full" else m.dtype
+        half, full = m.dtype in (torch.bfloat16, torch.float16), variant.partition("-")[0] == "full"
+        dtype = torch.float32 if half and full else m.dtype
         student, _ = load_model(c.name, dtype=dtype, device=None if c.device == "auto" else c.device)
         trajs = load_trajectories(self.run.path("trajectories")/"train.jsonl")[:n]
         W = world_size()  # several processes: the same global batch, split (`process_problems` checked it divides)
@@ -931,19 +951,21 @@ def distilled(self: Study, variant: str, n_trajectories: int | None = None):
                           training_args={**cfg_.training_args, **({"fp16": True} if m.dtype == torch.float16 else {})})
         res = distill(student, t, trajs, Steering(self.steering_vector(), *self.point(), st.positions), out/"train",
                       run_cfg, save_merged=False, progress=self.progress,
-                      teacher_model=m if variant == "full" else None)  # the study's model holds the base weights: no copy
+                      teacher_model=m if full else None)  # the study's model holds the base weights: no copy
         if half: res.model.to(m.dtype)
         summ = self._evaluate_student(res.model, out/"eval", f"{variant} ({n} traj)" if n_trajectories else variant,
-                                      base=None if variant != "full" else m)
+                                      base=m if full else None)
+        flops = distill_flops(res.summary, summ["total_params"], "full" if full else "lora")
         del res, student
-        return dict(summ, n_trajectories=n, steps=cfg_.max_steps)
+        return dict(summ, n_trajectories=n, steps=cfg_.max_steps, objective=OBJECTIVES[variant.partition("-")[2]], train_flops=flops["total"], flops=flops)
     return self.run.stage(name, inputs, ["trajectories"], fn)
 
 @patch
 def bake(self: Study):
     "Stage `distilled/bake`: the exact bias bake of 'all'-position steering, evaluated like a student."
     st, c = self.cfg.steering, self.cfg.model
-    inputs = dict(evaluation=self.cfg.evaluation.model_dump(), judge=self.judge_inputs())
+    inputs = dict(evaluation=self.cfg.evaluation.model_dump(), judge=self.judge_inputs(),
+                  **({"own_samples": True} if self.cfg.distillation.own_samples else {}))
     def fn(out):
         from persona_vectors.models import load_model
         from persona_vectors.distillation import bake_steering, save_baked

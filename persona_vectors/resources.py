@@ -472,6 +472,7 @@ def study_stages(cfg: StudyConfig, # a validated config
                          passes=[Generation(n + d.n_heldout, ev.batch_size, p_tr, d.max_new_tokens, weight_bytes=wb)]))
         T = p_tr + d.max_new_tokens
         def training(v):
+            v = v.partition("-")[0]  # an objective suffix ('lora8-gkd') trains the same student
             if v == "full": return Training("full", d.batch_size, T, d.max_new_tokens, weight_bytes=wb, compute_bytes=compute_bytes, grad_accum=d.grad_accum,
                                             optimizer=getattr(d, "full_optimizer", "adamw_torch_fused"), checkpointing=getattr(d, "gradient_checkpointing", False), study_model=True,
                                             master_float32=wb < 4)
@@ -480,8 +481,10 @@ def study_stages(cfg: StudyConfig, # a validated config
         heldout = Generation(d.n_heldout, ev.batch_size, p_tr, d.max_new_tokens, generate=False, read=True, weight_bytes=wb, extra_weights=shape.params * wb)
         steps = f"{d.max_steps} steps x {d.grad_accum} x {d.batch_size} sequences of ~{T} tokens"
         for v in d.variants:
-            rows.append(dict(stage=f"distilled/{v}", what=f"train {steps}; evaluate", training=training(v), runs=1, steps=d.max_steps,
-                             passes=evaluation(shape.params * wb) + [heldout, heldout]))
+            share = {"": 0.0, "on": 1.0, "on-rkl": 1.0, "gkd": getattr(d, "gkd_lambda", 0.5)}[v.partition("-")[2]]
+            own = [Generation(round(share * d.max_steps * d.grad_accum * d.batch_size), d.batch_size, p_tr, d.max_new_tokens, weight_bytes=wb)] if share else []
+            rows.append(dict(stage=f"distilled/{v}", what=f"train {steps}" + (f" ({share:.0%} sampled by the student)" if share else "") + "; evaluate",
+                             training=training(v), runs=1, steps=d.max_steps, passes=own + evaluation(shape.params * wb) + [heldout, heldout]))
         if d.bake: rows.append(dict(stage="distilled/bake", what="evaluate the baked model", passes=evaluation(shape.params * wb) + [heldout, heldout]))
         if count_trainings(d):
             k = len(count_trainings(d))  # the count equal to n_trajectories of a trained variant reuses its stage
