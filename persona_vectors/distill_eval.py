@@ -1,4 +1,4 @@
-"""Evaluate distilled models: the fraction of the steering gap recovered on held-out trajectories, behaviour in the same table row, resumable sweeps over ranks and trajectory counts, and the study at CPU size on the packaged SmolLM2.
+"""Evaluate distilled models: the fraction of the steering gap recovered on held-out trajectories, behaviour in the same table row, resumable sweeps over ranks and trajectory counts, the study at CPU size on the packaged SmolLM2, and where the remaining gap lives: per response position and token class, and on the student's own samples.
 
 Docs: https://persona-vectors.github.io/persona_vectors/evaluation.html.md"""
 
@@ -19,22 +19,62 @@ from .models import Sampling
 from .steering import Steering
 from .records import RecordLog, atomic_write
 from .trajectories import (load_trajectories, TrajectoryDataset, DistillCollator, unwrap, output_head,
-                                          forward_hidden)
+                                          forward_hidden, steering_record)
 from .kl_losses import kl_rows
 from .distillation import (DistillConfig, distill, param_counts, eval_mode, adapters_disabled,
                                           _check_steering)
 
 # %% auto #0
-__all__ = ['distillation_kl', 'variant_metrics', 'markdown_table', 'run_rows', 'distill_row', 'plot_sweeps']
+__all__ = ['distillation_kl', 'variant_metrics', 'token_kl', 'gap_by_position', 'first_k_share', 'plot_position_kl',
+           'answers_as_trajectories', 'own_samples_kl', 'markdown_table', 'run_rows', 'distill_row', 'plot_sweeps']
 
-# %% ../nbs/05d_evaluation.ipynb #3cbe884d
-def _kl_positions(h_s, head_s, h_t, head_t, mask, chunk_size) -> torch.Tensor:
-    "KL(teacher || student) at each masked position, in mask.nonzero() order (no grad)."
+# %% ../nbs/05d_evaluation.ipynb #e20e4240
+def _position_stats(h_s, h_b, h_t, head_s, head_t, mask, chunk_size, tops=False):
+    "KL(teacher || student), KL(teacher || base) and (with `tops`) the three argmax tokens at each masked position, in mask.nonzero() order (no grad)."
     b, t = mask.nonzero(as_tuple=True)
-    parts = [kl_rows(head_s(h_s[b[c:c + chunk_size], t[c:c + chunk_size]]), head_t(h_t[b[c:c + chunk_size], t[c:c + chunk_size]]))
-             for c in range(0, len(b), chunk_size)]
-    return torch.cat(parts).double() if parts else torch.zeros(0, dtype=torch.float64)
+    ks, kb, am = [], [], []
+    for c in range(0, len(b), chunk_size):
+        sel = b[c:c + chunk_size], t[c:c + chunk_size]
+        lt, ls, lb = head_t(h_t[sel]), head_s(h_s[sel]), head_t(h_b[sel])
+        ks.append(kl_rows(ls, lt)); kb.append(kl_rows(lb, lt))
+        if tops: am.append(torch.stack([lt.argmax(-1), lb.argmax(-1), ls.argmax(-1)], -1))
+    cat = lambda xs: torch.cat(xs).double() if xs else torch.zeros(0, dtype=torch.float64)
+    return cat(ks), cat(kb), (torch.cat(am) if am else torch.zeros(0, 3, dtype=torch.long)) if tops else None
 
+def _heldout_dataset(student, trajectories, steering, base, tokenizer) -> TrajectoryDataset:
+    "The checked trajectories (empty ones dropped) that `distillation_kl` and `token_kl` score."
+    records = load_trajectories(trajectories) if isinstance(trajectories, (str, Path)) else list(trajectories)
+    _check_steering(records, steering)
+    ds = TrajectoryDataset(records, tokenizer, student, skip_empty=True)
+    if base is None and not hasattr(unwrap(student), "disable_adapter"):
+        raise ValueError("pass `base` (the unsteered model): the student is not a PEFT model whose adapters could be disabled")
+    return ds
+
+def _kl_batches(student, ds, steering, base, student_settings, batch_size, chunk_size, tops=False, progress=True, desc="distillation KL"):
+    "Teacher, base and student passes over `ds` (longest first); per batch: dataset rows, positions within the response, the KLs (and argmax tokens)."
+    dev = next(student.parameters()).device
+    col = DistillCollator(0)
+    order = sorted(range(len(ds)), key=lambda i: -len(ds.items[i]["input_ids"]))
+    head_s = output_head(student)
+    if base is None:
+        def head_t(h):
+            with adapters_disabled(student): return head_s(h)
+    else: head_t = output_head(base)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
+        idx = order[start:start + batch_size]
+        batch = {k: v.to(dev) for k, v in col([ds[i] for i in idx]).items()}
+        mask = batch["loss_mask"]
+        with eval_mode(student), (eval_mode(base) if base is not None else contextlib.nullcontext()):
+            if base is None:
+                with adapters_disabled(student): h_t, h_b = forward_hidden(student, batch, [steering]), forward_hidden(student, batch)
+            else: h_t, h_b = forward_hidden(base, batch, [steering]), forward_hidden(base, batch)
+            h_s = forward_hidden(student, batch, student_settings)
+        kl_s, kl_b, top = _position_stats(h_s, h_b, h_t, head_s, head_t, mask, chunk_size, tops)
+        yield dict(row=torch.as_tensor(idx)[mask.nonzero()[:, 0].cpu()], position=(mask.cumsum(1) - 1)[mask].cpu(),
+                   n=mask.sum(1)[mask.nonzero()[:, 0]].cpu(), kl_student=kl_s.cpu(), kl_base=kl_b.cpu(),
+                   top=top.cpu() if top is not None else None)
+
+# %% ../nbs/05d_evaluation.ipynb #e5b313b8
 @torch.no_grad()
 def distillation_kl(student: nn.Module, # the distilled model (PEFT, merged, full or baked)
                     trajectories: Sequence[dict] | str | Path, # teacher trajectories on held-out (evaluation) questions
@@ -48,33 +88,11 @@ def distillation_kl(student: nn.Module, # the distilled model (PEFT, merged, ful
                     progress: bool = True, # show a progress bar
                    ) -> dict:
     "Per-token KL(teacher || student) and KL(teacher || base) on held-out trajectories, and the fraction of the gap recovered."
-    records = load_trajectories(trajectories) if isinstance(trajectories, (str, Path)) else list(trajectories)
-    _check_steering(records, steering)
-    ds = TrajectoryDataset(records, tokenizer, student, skip_empty=True)
-    if base is None and not hasattr(unwrap(student), "disable_adapter"):
-        raise ValueError("pass `base` (the unsteered model): the student is not a PEFT model whose adapters could be disabled")
-    dev = next(student.parameters()).device
-    col = DistillCollator(0)
+    ds = _heldout_dataset(student, trajectories, steering, base, tokenizer)
     ts, tb, cnt = (torch.zeros(len(ds), dtype=torch.float64) for _ in range(3))
-    order = sorted(range(len(ds)), key=lambda i: -len(ds.items[i]["input_ids"]))
-    head_s = output_head(student)
-    if base is None:
-        def head_t(h):
-            with adapters_disabled(student): return head_s(h)
-    else: head_t = output_head(base)
-    for start in tqdm(range(0, len(order), batch_size), desc="distillation KL", disable=not progress, leave=False):
-        idx = order[start:start + batch_size]
-        batch = {k: v.to(dev) for k, v in col([ds[i] for i in idx]).items()}
-        mask = batch["loss_mask"]
-        with eval_mode(student), (eval_mode(base) if base is not None else contextlib.nullcontext()):
-            if base is None:
-                with adapters_disabled(student): h_t, h_b = forward_hidden(student, batch, [steering]), forward_hidden(student, batch)
-            else: h_t, h_b = forward_hidden(base, batch, [steering]), forward_hidden(base, batch)
-            h_s = forward_hidden(student, batch, student_settings)
-        row = torch.as_tensor(idx)[mask.nonzero()[:, 0].cpu()]
-        ts.index_add_(0, row, _kl_positions(h_s, head_s, h_t, head_t, mask, chunk_size).cpu())
-        tb.index_add_(0, row, _kl_positions(h_b, head_t, h_t, head_t, mask, chunk_size).cpu())
-        cnt.index_add_(0, row, torch.ones(len(row), dtype=torch.float64))
+    for x in _kl_batches(student, ds, steering, base, student_settings, batch_size, chunk_size, progress=progress):
+        ts.index_add_(0, x["row"], x["kl_student"]); tb.index_add_(0, x["row"], x["kl_base"])
+        cnt.index_add_(0, x["row"], torch.ones(len(x["row"]), dtype=torch.float64))
     g = torch.Generator().manual_seed(0)
     boot = torch.randint(0, len(ds), (n_boot, len(ds)), generator=g)
     gaps = 1 - ts[boot].sum(1) / tb[boot].sum(1)
@@ -111,6 +129,154 @@ def variant_metrics(model: nn.Module, # the distilled model (or a base / baked m
                            judge=judge, trait=trait, label=label, store=store, progress=progress)
         row.update({k: v for k, v in summary_row(summ).items() if k != "n"})
     return row
+
+# %% ../nbs/05d_evaluation.ipynb #313acf45
+@torch.no_grad()
+def token_kl(student: nn.Module, # the distilled model (PEFT, merged, full or baked)
+             trajectories: Sequence[dict] | str | Path, # teacher trajectories on held-out (evaluation) questions
+             steering: Steering, # the teacher's setting (as the trajectories record it)
+             base: nn.Module | None = None, # the unsteered base model (None: the PEFT student with adapters disabled)
+             tokenizer=None, # checks the trajectories' tokenizer when given
+             student_settings: Sequence[Steering] = (), # steering applied to the student (e.g. 'all' positions)
+             batch_size: int = 8, # trajectories per forward batch
+             chunk_size: int = 256, # positions per KL chunk
+             progress: bool = True, # show a progress bar
+            ):
+    "One row per scored response token: KL(teacher || base), KL(teacher || student), and whether steering changed the top token."
+    import pandas as pd
+    ds = _heldout_dataset(student, trajectories, steering, base, tokenizer)
+    parts = list(_kl_batches(student, ds, steering, base, student_settings, batch_size, chunk_size, tops=True,
+                             progress=progress, desc="token KL"))
+    cat = lambda k: torch.cat([p[k] for p in parts])
+    row, pos, n, top = cat("row").tolist(), cat("position"), cat("n"), cat("top")
+    finished = torch.tensor([ds.items[i]["finished"] for i in row], dtype=torch.bool)
+    df = pd.DataFrame(dict(trajectory=[ds.items[i]["id"] for i in row], position=pos.numpy(), n_response=n.numpy(),
+                           kl_base=cat("kl_base").numpy(), kl_student=cat("kl_student").numpy(),
+                           top_changed=(top[:, 0] != top[:, 1]).numpy(), student_top_ok=(top[:, 2] == top[:, 0]).numpy(),
+                           is_end=(finished & (pos == n - 1)).numpy()))
+    return df.sort_values(["trajectory", "position"], kind="stable").reset_index(drop=True)
+
+# %% ../nbs/05d_evaluation.ipynb #8a54412f
+def _bucket_labels(edges: Sequence[int | None]) -> list[str]:
+    "Names of the position buckets [a, b) (positions 0-based, names 1-based)."
+    out = []
+    for a, b in zip(edges[:-1], edges[1:]):
+        if b is None: out.append(f"tokens {a + 1}+")
+        elif b - a == 1: out.append("first token" if a == 0 else f"token {a + 1}")
+        else: out.append(f"tokens {a + 1}-{b}")
+    return out
+
+def gap_by_position(df, # rows of `token_kl`
+                    edges: Sequence[int | None] = (0, 1, 8, None), # position bucket edges, 0-based, the last None for 'to the end'
+                   ):
+    "The remaining gap by response position and by token class: tokens, mean KLs, each group's share of the gap and of the base KL, and the fraction it recovers."
+    import pandas as pd
+    edges = list(edges)
+    if (len(edges) < 2 or edges[0] != 0 or any(e is None for e in edges[:-1])
+            or any(b is not None and b <= a for a, b in zip(edges[:-1], edges[1:]))):
+        raise ValueError(f"edges must start at 0 and increase (the last may be None), got {edges}")
+    if not len(df): raise ValueError("no tokens")
+    S, B, N = df["kl_student"].sum(), df["kl_base"].sum(), len(df)
+    nan = float("nan")
+    def row(by, group, sel):
+        g = df[sel]
+        s, b = g["kl_student"].sum(), g["kl_base"].sum()
+        return dict(by=by, group=group, tokens=len(g), share_of_tokens=len(g) / N,
+                    kl_base=g["kl_base"].mean() if len(g) else nan, kl_student=g["kl_student"].mean() if len(g) else nan,
+                    share_of_gap=s / S if S > 0 else nan, share_of_base=b / B if B > 0 else nan,
+                    recovered=1 - s / b if b > 0 else nan, top_agreement=g["student_top_ok"].mean() if len(g) else nan)
+    p = df["position"]
+    rows = [row("position", lab, (p >= a) & (p < b if b is not None else True))
+            for lab, a, b in zip(_bucket_labels(edges), edges[:-1], edges[1:])]
+    rows += [row("token", "top token changed by steering", df["top_changed"]),
+             row("token", "top token unchanged", ~df["top_changed"]), row("all", "all tokens", p >= 0)]
+    return pd.DataFrame(rows)
+
+# %% ../nbs/05d_evaluation.ipynb #ac1e3bee
+def first_k_share(df, # rows of `token_kl`
+                  k: int, # the first k response tokens (positions 0..k-1)
+                 ) -> dict:
+    "The fraction of the remaining gap (sum of KL(teacher || student)), of KL(teacher || base) and of the tokens in the first k response tokens."
+    if k < 1: raise ValueError(f"k must be >= 1, got {k}")
+    if not len(df): raise ValueError("no tokens")
+    first = df["position"] < k
+    S, B = df["kl_student"].sum(), df["kl_base"].sum()
+    return dict(k=k, share_of_gap=float(df.loc[first, "kl_student"].sum() / S) if S > 0 else float("nan"),
+                share_of_base=float(df.loc[first, "kl_base"].sum() / B) if B > 0 else float("nan"), share_of_tokens=float(first.mean()))
+
+# %% ../nbs/05d_evaluation.ipynb #e5f239de
+def plot_position_kl(frames: dict, # label -> rows of `token_kl` (the same trajectories: the base curve comes from the first)
+                     max_position: int | None = None, # plot response tokens 1..max_position (None: all)
+                    ):
+    "Mean KL per response position: the base's KL(teacher || base) and each student's KL(teacher || student)."
+    import matplotlib.pyplot as plt
+    if not frames: raise ValueError("no frames given")
+    def curve(df, col):
+        g = df if max_position is None else df[df["position"] < max_position]
+        c = g.groupby("position")[col].mean()
+        return c.index + 1, c.values
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    curves = [("base (unsteered)", *curve(next(iter(frames.values())), "kl_base"))]
+    curves += [(name, *curve(df, "kl_student")) for name, df in frames.items()]
+    for i, (name, x, y) in enumerate(curves):
+        ax.plot(x, y, marker="." if i else None, color="k" if i == 0 else f"C{i - 1}", lw=1.6 if i == 0 else 1.2, label=name)
+    ys = [v for _, _, y in curves for v in y]
+    if ys and min(ys) > 0 and max(ys) / min(ys) > 10:  # a log scale where the curves span more than a decade
+        from matplotlib.ticker import FuncFormatter
+        ax.set_yscale("log")
+        fmt = FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "1235" else "")  # plain numbers at 1, 2, 3, 5 x 10^k
+        ax.yaxis.set_major_formatter(fmt); ax.yaxis.set_minor_formatter(fmt)
+    ax.set_xlabel("response token (1 = predicted at the last prompt token)")
+    ax.set_ylabel("mean KL(teacher ‖ ·), nats")
+    ax.grid(alpha=0.3); ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/05d_evaluation.ipynb #c4ece369
+def _load_answers(answers) -> list[dict]:
+    "Answer records, from a list or from an answers.jsonl of `evaluate`."
+    if not isinstance(answers, (str, Path)): return list(answers)
+    from persona_vectors.steering import EVAL_KEY
+    if not Path(answers).exists(): raise FileNotFoundError(f"no answers at {answers}")
+    return RecordLog(answers, EVAL_KEY).records
+
+def answers_as_trajectories(answers: Sequence[dict] | str | Path, # answer records of `evaluate` (04_steering), or their answers.jsonl
+                            steering: Steering, # the teacher's setting, recorded so the trajectory checks pass
+                            student_settings: Sequence[Steering] = (), # the steering the answers were sampled under (the student's)
+                           ) -> list[dict]:
+    "Evaluation answers as trajectory records for the teacher `steering`; answers with no response tokens are left out."
+    answers = _load_answers(answers)
+    want = [dict(layer=x.layer, alpha=float(x.alpha), positions=x.positions) for x in student_settings]
+    out = []
+    for j, a in enumerate(answers):
+        if a.get("steering") is not None and a["steering"] != want:
+            raise ValueError(f"answer {j} ({a.get('label')!r}) was sampled under steering {a['steering']}, not the student's "
+                             f"{want}: these are not the student's own samples")
+        if not a["response_ids"]: continue
+        out.append(dict(id=j, question=a.get("question"), question_index=a.get("question_index"), sample_index=a.get("sample_index"),
+                        prompt_ids=list(a["prompt_ids"]), response_ids=list(a["response_ids"]), prompt_len=len(a["prompt_ids"]),
+                        finished=bool(a.get("finished", False)), steering=steering_record(steering)))
+    return out
+
+# %% ../nbs/05d_evaluation.ipynb #3b80e2b1
+def own_samples_kl(student: nn.Module, # the distilled model (PEFT, merged, full or baked)
+                   answers: Sequence[dict] | str | Path, # the student's own evaluation answers (`evaluate` records or answers.jsonl)
+                   steering: Steering, # the teacher's setting
+                   base: nn.Module | None = None, # the unsteered base model (None: the PEFT student with adapters disabled)
+                   tokenizer=None, # checks the tokenizer when given
+                   student_settings: Sequence[Steering] = (), # steering applied to the student (as when it answered)
+                   batch_size: int = 8, # sequences per forward batch
+                   chunk_size: int = 256, # positions per KL chunk
+                   n_boot: int = 1000, # bootstrap resamples of answers for the interval
+                   progress: bool = True, # show a progress bar
+                  ) -> dict:
+    "The gap recovered on the student's own samples: `distillation_kl` on its evaluation answers, scored by the steered teacher."
+    answers = _load_answers(answers)
+    recs = answers_as_trajectories(answers, steering, student_settings)
+    if not recs: raise ValueError("no answer with response tokens: nothing to score")
+    out = distillation_kl(student, recs, steering, base=base, tokenizer=tokenizer, student_settings=student_settings,
+                          batch_size=batch_size, chunk_size=chunk_size, n_boot=n_boot, progress=progress)
+    return dict(out, n_empty_skipped=len(answers) - len(recs))
 
 # %% ../nbs/05d_evaluation.ipynb #8f8aa83d
 def markdown_table(df, # a pandas DataFrame
