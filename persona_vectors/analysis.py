@@ -16,9 +16,10 @@ from .steering import summary_row, sweep_table, write_table, plot_sweep, save_fi
 # %% auto #0
 __all__ = ['DISTILL_COLS', 'OBJECTIVE_COLS', 'ANSWER_METRICS', 'DEMO_FILES', 'RunView', 'steering_rows', 'coefficient_table',
            'layer_table', 'baselines_table', 'distillation_table', 'counts_table', 'plot_distillation', 'plot_counts',
-           'objectives_table', 'plot_objectives', 'plot_scatter', 'compare_runs', 'missing_report', 'split_sections',
-           'inline_svg', 'figure_html', 'markdown_html', 'answer_settings', 'answers_browser', 'config_rows',
-           'render_report', 'write_html', 'write_report', 'headline', 'refresh_demo_run']
+           'objectives_table', 'plot_objectives', 'gap_table', 'gap_report', 'plot_scatter', 'compare_runs',
+           'missing_report', 'split_sections', 'inline_svg', 'figure_html', 'markdown_html', 'answer_settings',
+           'answers_browser', 'config_rows', 'render_report', 'write_html', 'write_report', 'headline',
+           'refresh_demo_run']
 
 # %% ../nbs/07_analysis.ipynb #a5bd4cb0
 class RunView:
@@ -179,6 +180,68 @@ def plot_objectives(df: pd.DataFrame, # from `objectives_table`
     a2.set(xlabel="training compute (TFLOP)", ylabel="trait index (monitor)", title="trait index ± s.e.")
     a1.legend(fontsize=7); a2.legend(fontsize=7); fig.tight_layout()
     return fig
+
+# %% ../nbs/07_analysis.ipynb #9d223c96
+def gap_table(run: RunView) -> pd.DataFrame:
+    "Per student, from the `diagnostics` stage: share of the remaining gap and of the base KL at the start, and recovery by token class."
+    rows = []
+    for v, s in (run.manifest.get("diagnostics", {}).get("summary") or {}).items():
+        g = {(r["by"], r["group"]): r for r in s["groups"]}
+        get = lambda key, col: next((r[col] for (b, grp), r in g.items() if grp.startswith(key)), None)
+        rows.append(dict(variant=v, first_token_gap=s["first_token"]["share_of_gap"], first_token_base=s["first_token"]["share_of_base"],
+                         first_8_gap=s["first_8"]["share_of_gap"], first_8_base=s["first_8"]["share_of_base"],
+                         recovered_changed=get("top token changed", "recovered"), recovered_unchanged=get("top token unchanged", "recovered"),
+                         recovered_all=get("all tokens", "recovered")))
+    return pd.DataFrame(rows)
+
+def gap_report(run: RunView, # a run
+               section, # `write_report`'s section writer: section(title, df, stem, keys, fig, note)
+              ) -> list[str]:
+    "The report's *Where the gap lives* section (through `section`) and *The open question* (returned as markdown lines)."
+    from persona_vectors.distill_eval import plot_position_kl
+    gt = gap_table(run)
+    if not len(gt): return []
+    frames = {v: pd.read_csv(run.dir/"diagnostics"/f"{v}.csv") for v in gt.variant if (run.dir/"diagnostics"/f"{v}.csv").exists()}
+    section("Where the gap lives", gt, "gap_by_position", list(gt.columns), plot_position_kl(frames) if frames else None,
+            "On the held-out teacher trajectories, per student (05d `token_kl`): the share of the student's remaining gap "
+            "(summed KL(teacher ‖ student)) and of the unsteered base's KL at the first response token (whose logits come from the "
+            "last prompt token, where response-position steering switches on) and in the first 8 tokens; the gap recovered on tokens "
+            "whose top choice steering changed, on the rest, and overall.")
+    trained = gt[gt.variant != "bake"]
+    if not len(trained): return []
+    b = trained.loc[trained.recovered_all.idxmax()]
+    start = b.first_8_gap / b.first_8_base if b.first_8_base else float("nan")
+    cls = b.recovered_unchanged - b.recovered_changed
+    h1 = start >= 1.5 or cls >= 0.05
+    ot = objectives_table(run)
+    on = ot[ot.objective.fillna("").str.contains("on-policy|GKD") & ot.gap_recovered_own.notna()]
+    off = ot[ot.objective.fillna("").str.startswith("off-policy") & ot.gap_recovered_own.notna()]
+    lines = ["## The open question", "",
+             "The seed asked why distilled students fall short of the steered teacher: (1) steering affects tokens differently "
+             "depending on context and weights learn an average effect, or (2) the vector holds directions that are hard to express "
+             "as weight updates. (1) predicts a remaining gap concentrated where the effect depends on context: at the start of the "
+             "response, where response-position steering switches on, and on the tokens whose choice steering changed. (2) predicts "
+             "a gap spread over the response like the steering effect itself, on changed and unchanged tokens alike.", "",
+             f"Measured on the best student, **{b.variant}** ({b.recovered_all:.3f} of the gap recovered): its first 8 tokens hold "
+             f"{b.first_8_gap:.1%} of its remaining gap against {b.first_8_base:.1%} of the base's KL (ratio {start:.2f}); the first "
+             f"token {b.first_token_gap:.1%} against {b.first_token_base:.1%}; tokens steering changed are recovered {b.recovered_changed:.3f}, "
+             f"the rest {b.recovered_unchanged:.3f}."]
+    if "bake" in set(gt.variant):
+        k = gt[gt.variant == "bake"].iloc[0]
+        lines[-1] += (f" The bake (all-position steering as an exact bias) puts {k.first_8_gap:.1%} of its gap in the first 8 tokens: the "
+                      "difference between steering every position and steering the response lives at the start.")
+    if len(on) and len(off):
+        o, f_ = on.loc[on.gap_recovered_own.idxmax()], off.loc[off.gap_recovered_own.idxmax()]
+        lines[-1] += (f" On the students' own samples the best on-policy objective ({o.variant}) recovers {o.gap_recovered_own:.3f} "
+                      f"against {f_.gap_recovered_own:.3f} off-policy ({f_.variant}), at {o.train_tflops:.1f} vs {f_.train_tflops:.1f} TFLOP.")
+    lines += ["", ("**These data support (1)**: the remaining gap is concentrated where steering's effect depends on context "
+                   f"(start ratio {start:.2f} ≥ 1.5 or a recovery deficit on changed tokens of {cls:.3f} ≥ 0.05)." if h1 else
+                   f"**These data support (2) over (1)**: the remaining gap is spread like the steering effect (start ratio {start:.2f} "
+                   f"< 1.5) and tokens steering changed are not harder to recover (deficit {cls:+.3f} < 0.05), so the student misses the "
+                   "effect evenly rather than where it depends on context.") +
+              " (Rule: (1) when the first 8 tokens hold at least 1.5 times their share of the base KL, or changed tokens are recovered "
+              "at least 0.05 worse than the rest; otherwise (2).)", ""]
+    return lines
 
 # %% ../nbs/07_analysis.ipynb #79b5860e
 def plot_scatter(run: RunView):
@@ -488,6 +551,7 @@ def write_report(directory: str | Path, # a run directory
                 "bootstrap over sequences. `train_tflops`: the run's training compute (05c `distill_flops`: trajectory or on-policy "
                 "sampling, teacher and student passes)." + (f" Best on its own samples: **{best.variant}**, {best.gap_recovered_own:.3f} "
                 f"[{best.gap_recovered_own_ci[0]:.3f}, {best.gap_recovered_own_ci[1]:.3f}] at {best.train_tflops:.1f} TFLOP (goal: 0.95)." if best is not None else ""))
+    parts += gap_report(run, section)  # with the diagnostics stage: where the gap lives, and the open question
     from persona_vectors.monitoring import monitoring_report  # 13_monitoring: its section, when the run has its stages
     parts += monitoring_report(d)
     if len(run.done("steer/")):

@@ -876,6 +876,38 @@ def trajectories(self: Study):
         return dict(train=len(train), heldout=len(held), mean_tokens=sum(lens) / len(lens))
     return self.run.stage("trajectories", inputs, ["vector"], fn)
 
+# %% ../nbs/06_pipeline.ipynb #8b3f2fc4
+@patch
+def diagnostics(self: Study):
+    "Stage `diagnostics`: where each student's remaining gap lives, per response position and token class (05d `token_kl`)."
+    d, st, c = self.cfg.distillation, self.cfg.steering, self.cfg.model
+    names = [f"distilled/{v}" for v in d.variants] + (["distilled/bake"] if d.bake else [])
+    def fn(out):
+        import pandas as pd
+        from peft import PeftModel
+        from persona_vectors.models import load_model
+        from persona_vectors.steering import Steering
+        from persona_vectors.distillation import load_baked
+        from persona_vectors.trajectories import load_trajectories
+        from persona_vectors.distill_eval import token_kl, gap_by_position, first_k_share
+        m, t = self.model(); dev = None if c.device == "auto" else c.device
+        teacher = Steering(self.steering_vector(), *self.point(), st.positions)
+        held = load_trajectories(self.run.path("trajectories")/"heldout.jsonl", d.n_heldout)
+        summ = {}
+        for name in names:  # one file per student, written as it is done: a resumed stage skips the finished ones
+            v = name.split("/", 1)[1]; f = out/f"{v}.csv"
+            if not f.exists():
+                if v == "bake": student, base = load_baked(self.run.path(name)/"model", dtype=m.dtype, device=dev)[0], m
+                elif v.partition("-")[0] == "full": student, base = load_model(str(self.run.path(name)/"train"/"model"), dtype=m.dtype, device=dev)[0], m
+                else: student, base = PeftModel.from_pretrained(load_model(c.name, dtype=m.dtype, device=dev)[0], self.run.path(name)/"train"/"adapter").eval(), None
+                atomic_write(f, token_kl(student, held, teacher, base=base, tokenizer=t, batch_size=self.cfg.evaluation.batch_size,
+                                         progress=self.progress).to_csv(index=False))
+                del student
+            df = pd.read_csv(f)
+            summ[v] = dict(first_token=first_k_share(df, 1), first_8=first_k_share(df, 8), groups=gap_by_position(df).to_dict("records"))
+        return summ
+    return self.run.stage("diagnostics", dict(students=names, n_heldout=d.n_heldout), names, fn)
+
 # %% ../nbs/06_pipeline.ipynb #e1542649
 def variant_config(variant: str, # 'loraR' or 'full', optionally with an objective ('lora8-gkd'; see `OBJECTIVES`)
                    d: DistillationConfig, # the [distillation] section
@@ -907,7 +939,9 @@ def _evaluate_student(self: Study, student, out: Path, label: str, base=None, st
     ev, st = self.cfg.evaluation, self.cfg.steering
     m, t = self.model(); tr = self.trait()
     teacher = Steering(self.steering_vector(), *self.point(), st.positions)
-    kl = distillation_kl(student, self.run.path("trajectories")/"heldout.jsonl", teacher, base=base, tokenizer=t,
+    from persona_vectors.trajectories import load_trajectories
+    held = load_trajectories(self.run.path("trajectories")/"heldout.jsonl", self.cfg.distillation.n_heldout)  # the file holds whole batches
+    kl = distillation_kl(student, held, teacher, base=base, tokenizer=t,
                          student_settings=student_settings, batch_size=ev.batch_size, progress=False)
     _, summ = evaluate(student, t, tr.eval_questions[:ev.n_questions], n=ev.n_samples, sampling=self.sampling(ev, 1),
                        settings=student_settings, monitor=self.monitor(), judge=self.judge(), trait=tr if self.judge() else None,
@@ -993,6 +1027,7 @@ def distillation(self: Study):
     for v in d.variants: self.distilled(v)
     if d.bake: self.bake()
     for n in count_trainings(d): self.distilled(d.count_variant, n)  # the same data, config and seed would give the same student
+    if d.diagnostics: self.diagnostics()
 
 # %% ../nbs/06_pipeline.ipynb #b92ed123
 @patch
