@@ -238,7 +238,10 @@ def gap_report(run: RunView, # a run
                    f"(start ratio {start:.2f} ≥ 1.5 or a recovery deficit on changed tokens of {cls:.3f} ≥ 0.05)." if h1 else
                    f"**These data support (2) over (1)**: the remaining gap is spread like the steering effect (start ratio {start:.2f} "
                    f"< 1.5) and tokens steering changed are not harder to recover (deficit {cls:+.3f} < 0.05), so the student misses the "
-                   "effect evenly rather than where it depends on context.") +
+                   "effect evenly rather than where it depends on context." + (" The bake qualifies (2): the vector itself *is* a "
+                   "weight update (an exact bias for all-position steering), so what is hard to express is that offset through the "
+                   "student's parameterization (LoRA adapters are input-dependent and carry no bias) in its training budget."
+                   if "bake" in set(gt.variant) else "")) +
               " (Rule: (1) when the first 8 tokens hold at least 1.5 times their share of the base KL, or changed tokens are recovered "
               "at least 0.05 worse than the rest; otherwise (2).)", ""]
     return lines
@@ -608,7 +611,7 @@ def headline(directory: str | Path, # a run directory
 # %% ../nbs/07_analysis.ipynb #f38d2f9e
 DEMO_FILES = ("config.json", "manifest.json", "log.txt", "report.md", "report.html", "tables/*", "figures/*.png", "figures/*.pdf",
               "steer/*/*.jsonl", "distilled/*/eval/*.jsonl", "counts/*/eval/*.jsonl", "baselines/*/*.jsonl", "vector/*.json",
-              "operating_point/*/*.json", "vector_methods/*.csv", "vector_methods/*.json", "vector_methods/*/*.jsonl",
+              "operating_point/*/*.json", "diagnostics/*.csv", "vector_methods/*.csv", "vector_methods/*.json", "vector_methods/*/*.jsonl",
               "monitoring/data/*.jsonl", "monitoring/screening/*", "monitoring/finetune/*/eval/*.jsonl",
               "monitoring/finetune/*/train/finetune.json", "monitoring/suppression/*/*.jsonl")
 

@@ -64,3 +64,16 @@ def test_readme_and_home_page_show_the_committed_run():
     # the numbers the README's prose quotes are in the manifest
     m = json.loads((DEMO/"manifest.json").read_text())
     assert f"AUROC {m['vector']['summary']['auroc_at_monitor_layer']:.2f}" in h
+
+
+def test_gap_run_report_is_rebuilt_identically(tmp_path):
+    "The committed gap run (nbs/gap_run: objectives at equal compute, where the gap lives) rebuilds to its committed report."
+    from persona_vectors.analysis import write_report
+    src = ROOT/"nbs"/"gap_run"
+    copy = tmp_path/"gap_run"
+    shutil.copytree(src, copy, ignore=shutil.ignore_patterns("tables", "figures", "report.md", "report.html"))
+    write_report(copy)
+    assert (copy/"report.md").read_text() == (src/"report.md").read_text(), "nbs/gap_run/report.md is stale: rebuild it"
+    for t in sorted((src/"tables").iterdir()): assert (copy/"tables"/t.name).read_bytes() == t.read_bytes(), t.name
+    rep = (src/"report.md").read_text()
+    assert "## Objectives at equal compute" in rep and "## Where the gap lives" in rep and "## The open question" in rep

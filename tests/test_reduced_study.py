@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 REDUCED = ";".join([
-    "extraction.n_questions=10", "extraction.max_new_tokens=32",
+    "extraction.n_questions=10", "extraction.max_new_tokens=32", "extraction.methods=[]",  # vector methods: their own test
     "evaluation.n_questions=4", "evaluation.n_samples=3", "evaluation.max_new_tokens=32",
     "sweeps.alphas=[0.0, 4.0, 8.0]", "sweeps.layers=[]",
     "distillation.n_trajectories=48", "distillation.max_new_tokens=32", "distillation.trajectory_counts=[]",
