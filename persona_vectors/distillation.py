@@ -19,7 +19,7 @@ from transformers import Trainer, TrainingArguments, TrainerCallback
 from .models import decoder_layers, base_model, load_model, generate, Sampling, _seed
 from .steering import Steering
 from .records import write_json, read_json, RecordLog
-from .parallel import is_main, barrier, rank
+from .parallel import is_main, barrier
 from .trajectories import (steering_record, load_trajectories, TrajectoryDataset, DistillCollator, unwrap,
                                           output_head, forward_hidden)
 from .kl_losses import TopK, kl_on_response_from_hidden
@@ -107,9 +107,12 @@ class DistillTrainer(Trainer):
             if stats["sequences"] and stats["ended_at_once"] == stats["sequences"]:
                 warnings.warn(f"on-policy step {step}: every one of the student's {stats['sequences']} samples ended at once; each "
                               "still trains on its end-token position (the teacher's distribution there), nothing else")
-        if batches and is_main():
-            self.step_log.append(dict(step=step, rank=rank(), micro_batches=len(batches), trained_tokens=sum(int(b["attention_mask"].sum()) for b in batches),
-                                      loss_tokens=sum(int(b["loss_mask"].sum()) for b in batches), **{f"on_policy_{k}": v for k, v in stats.items()}))
+        if batches:  # the step's totals over every process (each holds its shard of the batch), written by the main process
+            rec = dict(trained_tokens=sum(int(b["attention_mask"].sum()) for b in batches), loss_tokens=sum(int(b["loss_mask"].sum()) for b in batches),
+                       **{f"on_policy_{k}": v for k, v in stats.items()})
+            if self.args.world_size > 1:
+                rec = dict(zip(rec, self.accelerator.gather(torch.tensor([list(rec.values())], device=device)).sum(0).tolist()))
+            if is_main(): self.step_log.append(dict(step=step, micro_batches=len(batches), **rec))
         n = torch.tensor(sum(int(b["loss_mask"].sum()) for b in batches), device=device)
         if self._across_devices(): n = self.accelerator.gather(n).sum()
         return batches, n

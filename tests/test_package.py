@@ -31,5 +31,5 @@ def test_wheel_runs_the_demo_dry_run_from_anywhere(tmp_path):
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     assert "| extraction" in p.stdout and "| total" in p.stdout, p.stdout
     p = run([tmp_path/"venv"/"bin"/"persona-vectors", "run", "nope", "--dry-run"], cwd=elsewhere, env=env)
-    assert p.returncode == 2 and "not one of the shipped configs ['baselines', 'demo', 'monitor', 'reference']" in p.stderr, p.stderr
+    assert p.returncode == 2 and f"not one of the shipped configs {sorted(f.stem for f in (ROOT/'persona_vectors'/'configs').glob('*.toml'))}" in p.stderr, p.stderr
     assert list(elsewhere.iterdir()) == []  # a dry run writes nothing

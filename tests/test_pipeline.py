@@ -77,7 +77,7 @@ def keys_unique(run_dir):
     "Every JSONL record log of the run has no duplicated record."
     for p in run_dir.rglob("*.jsonl"):
         rows = [json.loads(l) for l in p.read_text().splitlines()]
-        ids = [json.dumps({k: r.get(k) for k in ("question", "pair_index", "side", "sample_index", "label", "question_index", "index")},
+        ids = [json.dumps({k: r.get(k) for k in ("question", "pair_index", "side", "sample_index", "label", "question_index", "index", "step")},
                           sort_keys=True) for r in rows]
         assert len(ids) == len(set(ids)), f"duplicated records in {p}"
 

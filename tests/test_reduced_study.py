@@ -1,7 +1,7 @@
 """The README's claims, rerun: a reduced demo study on the packaged SmolLM2-135M-Instruct through the study runner.
 
 The README quotes the committed demo run (nbs/demo_run, 13 min on 2 cores). This test reruns the same study, smaller
-(half the extraction questions, shorter answers, a 3-point coefficient sweep, one LoRA student on 48 trajectories),
+(8 of the 12 extraction questions, shorter answers, a 3-point coefficient sweep, one LoRA student on 32 trajectories, 8 steps),
 in a few minutes, and asserts the qualitative claims the README makes from it, with bounds this size supports.
 """
 import json, os, subprocess, sys, time
@@ -11,11 +11,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 REDUCED = ";".join([
-    "extraction.n_questions=10", "extraction.max_new_tokens=32", "extraction.methods=[]",  # vector methods: their own test
+    "extraction.n_questions=8", "extraction.max_new_tokens=32", "extraction.methods=[]",  # vector methods: their own test
     "evaluation.n_questions=4", "evaluation.n_samples=3", "evaluation.max_new_tokens=32",
     "sweeps.alphas=[0.0, 4.0, 8.0]", "sweeps.layers=[]",
-    "distillation.n_trajectories=48", "distillation.max_new_tokens=32", "distillation.trajectory_counts=[]",
-    "distillation.n_heldout=12",  # the demo's schedule: 12 steps at 2e-3
+    "distillation.n_trajectories=32", "distillation.max_new_tokens=32", "distillation.trajectory_counts=[]", "distillation.max_steps=8",
+    "distillation.n_heldout=12",  # the demo's learning rate (2e-3), 8 of its 12 steps
     "distillation.variants=[\"lora8\"]", "steering.alpha=4.0",  # one student; alpha fixed: the claims below are about alpha 4 and 8 (the demo chooses its alpha from a wider sweep)
 ])
 
