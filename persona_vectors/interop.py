@@ -335,6 +335,7 @@ def method_separation(model, # the unsteered model
                       neutral_system: str = NEUTRAL_SYSTEM, # the prompt held-out answers are read under
                       batch_size: int = 16, # sequences per forward batch
                       progress: bool = False, # show progress bars
+                      paired: tuple | None = None, # `paired_means(model, records)` (response_avg) if already read: its train rows are reused
                      ) -> "pd.DataFrame":
     "Held-out AUROC per method and layer (columns method, layer, auroc): directions from the first questions, read on the others."
     import pandas as pd
@@ -342,7 +343,10 @@ def method_separation(model, # the unsteered model
     qs = list(dict.fromkeys(r["question"] for r in records))
     if len(qs) < 2: raise ValueError("held-out separation needs answers to at least 2 questions")
     k = max(1, min(len(qs) - 1, round(len(qs) * train_fraction)))
-    pos, neg = paired_means(model, [r for r in records if r["question"] in set(qs[:k])], batch_size=batch_size, progress=progress)
+    if paired is None: pos, neg = paired_means(model, [r for r in records if r["question"] in set(qs[:k])], batch_size=batch_size, progress=progress)
+    else:  # the same pairs in the same order: a sequence's means do not depend on what it is read with
+        keep = torch.tensor([records[i]["question"] in set(qs[:k]) for i, _ in contrastive_pairs(records)])
+        pos, neg = paired[0][keep], paired[1][keep]
     held = [r for r in records if r["question"] not in set(qs[:k]) and len(r["response_ids"])]
     seqs = [(p + list(r["response_ids"]), len(p)) for r in held for p in [chat_prompt_ids(tokenizer, r["question"], neutral_system)]]
     with torch.no_grad(), unadapted(model):
@@ -374,7 +378,8 @@ def vector_methods(self: Study):
         for k, v in vs.items():
             save_vector(out/f"{k}.safetensors", {e.variant: v}, dict(model=self.cfg.model.name, trait=self.cfg.trait.name, method=k,
                         n_pairs=len(pos), norm="each layer at the mean difference's norm"))
-        sep = method_separation(m, t, recs, methods, batch_size=e.batch_size, progress=self.progress)
+        sep = method_separation(m, t, recs, methods, batch_size=e.batch_size, progress=self.progress,
+                                paired=(pos, neg) if e.variant == "response_avg" else None)
         md = vs["mean_diff"].double()
         sep["cos_mean_diff"] = [(vs[k][l].double() @ md[l] / (vs[k][l].double().norm() * md[l].norm()).clamp_min(1e-300)).item()
                                 for k, l in zip(sep.method, sep.layer)]
