@@ -70,7 +70,7 @@ def packaged_model_dir(alias: str = DEFAULT_MODEL, # key of `PACKAGED_MODELS`
         raise FileNotFoundError(f"{src/info['gguf']} is missing; reinstall with `{info['install']}`")
     def convert(tmp: Path):
         tok = AutoTokenizer.from_pretrained(src, gguf_file=info["gguf"])
-        model = AutoModelForCausalLM.from_pretrained(src, gguf_file=info["gguf"], dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(src, gguf_file=info["gguf"], dtype=torch.float32, **_kernel_kwargs(False))
         # the GGUF weights are already de-quantized to fp32; drop the quantizer marker so `save_pretrained` accepts it
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"): del model.config.quantization_config
@@ -107,9 +107,17 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, # any transformers tok
     return tokenizer
 
 # %% ../nbs/00_models.ipynb #a0be4db3
+def _kernel_kwargs(use_kernels: bool) -> dict:
+    "`from_pretrained` arguments that turn transformers' hub kernels on or off (nothing on versions without them)."
+    import inspect
+    from transformers import PreTrainedModel as _P
+    known = "use_kernels" in inspect.signature(_P.from_pretrained).parameters or hasattr(_P, "set_use_kernels")
+    return {"use_kernels": bool(use_kernels)} if known else {}
+
 def load_model(name: str = DEFAULT_MODEL, # packaged alias, local directory or hub id
                dtype: str | torch.dtype | None = None, # None: bf16 on CUDA, fp32 on CPU
                device: str | None = None, # None: CUDA when available, else CPU
+               use_kernels: bool = False, # let transformers swap in hub kernels (`kernels`); off: the same code offline as online
                **kwargs, # passed to `from_pretrained` (e.g. `attn_implementation`)
               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     "Load a causal LM and its tokenizer, in eval mode, tokenizer left-padded."
@@ -122,7 +130,8 @@ def load_model(name: str = DEFAULT_MODEL, # packaged alias, local directory or h
         raise FileNotFoundError(f"model directory {name!r} does not exist")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=_resolve_dtype(dtype, device), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=_resolve_dtype(dtype, device),
+                                                     **_kernel_kwargs(use_kernels), **kwargs)
     except OSError as e:
         hint = " (HF_HUB_OFFLINE is set: only cached hub models load)" if os.environ.get("HF_HUB_OFFLINE") else ""
         raise OSError(f"cannot load model {name!r}: not a packaged alias ({sorted(PACKAGED_MODELS)}), "
