@@ -24,7 +24,8 @@ from .parallel import map_sharded, is_main
 __all__ = ['PACKAGED_MODELS', 'DEFAULT_MODEL', 'CHATML_TEMPLATE', 'TINY_ARCHS', 'cache_dir', 'packaged_model_dir',
            'default_device', 'prepare_tokenizer', 'load_model', 'tiny_model', 'chat_messages', 'chat_prompt_ids',
            'base_model', 'decoder_layers', 'hidden_size', 'Sampling', 'Generation', 'eos_ids', 'left_pad',
-           'position_ids', 'padded_batch', 'GumbelNoise', 'sampling_processors', 'generate', 'generate_logged', 'chat']
+           'position_ids', 'padded_batch', 'reference_uniform', 'counter_uniform', 'gumbel_noise', 'GumbelNoise',
+           'sampling_processors', 'next_tokens', 'auto_batch_size', 'generate', 'generate_logged', 'chat']
 
 # %% ../nbs/00_models.ipynb #87adec30
 def cache_dir() -> Path:
@@ -370,84 +371,285 @@ def _seed(*parts) -> int:
     "A 63-bit seed hashed from JSON-serialisable parts (dicts by sorted keys)."
     return int.from_bytes(hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).digest()[:8], "little") >> 1
 
-# %% ../nbs/00_models.ipynb #c0a1e5d2
+# %% ../nbs/00_models.ipynb #f2f9a474
+_GAMMA = 0x9E3779B97F4A7C15  # SplitMix64's increment: 2^64 / golden ratio
+_M1, _M2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB  # its finaliser's multipliers
+_U64 = (1 << 64) - 1
+
+def _i64(x: int) -> int:
+    "An unsigned 64-bit integer as the signed int64 with the same bits."
+    x &= _U64
+    return x - (1 << 64) if x >> 63 else x
+
+def _srl(z: torch.Tensor, k: int) -> torch.Tensor:
+    "Logical right shift of int64 tensors (torch's `>>` is arithmetic)."
+    return (z >> k) & ((1 << (64 - k)) - 1)
+
+def _mix64(z: torch.Tensor) -> torch.Tensor:
+    "SplitMix64's finaliser on int64 tensors; multiplication wraps modulo 2^64 on every device."
+    z = (z ^ _srl(z, 30)) * _i64(_M1)
+    z = (z ^ _srl(z, 27)) * _i64(_M2)
+    return z ^ _srl(z, 31)
+
+def reference_uniform(seed: int, # a sequence seed (0 <= seed < 2^63)
+                      step: int, # tokens generated so far in that sequence
+                      token: int, # vocabulary index
+                     ) -> float:
+    "The uniform behind the Gumbel noise of one (seed, step, token), in plain Python integers: the specification."
+    def mix(z):
+        z = ((z ^ (z >> 30)) * _M1) & _U64
+        z = ((z ^ (z >> 27)) * _M2) & _U64
+        return z ^ (z >> 31)
+    k = mix((seed + _GAMMA * (step + 1)) & _U64)
+    h = mix((k + _GAMMA * (token + 1)) & _U64)
+    return ((h >> 11) + 0.5) * 2.0 ** -53
+
+@functools.lru_cache(maxsize=8)
+def _token_offsets(vocab: int, device: str) -> torch.Tensor:
+    "gamma * (token + 1) mod 2^64 for every token, as int64, kept on `device`."
+    return torch.tensor([_i64(_GAMMA * (t + 1)) for t in range(vocab)], dtype=torch.int64, device=device)
+
+def counter_uniform(seeds: torch.Tensor, # [batch] int64 sequence seeds
+                    steps: torch.Tensor | int, # [batch] int64 tokens generated so far (or one int for all rows)
+                    vocab: int, # vocabulary size
+                   ) -> torch.Tensor:
+    "Uniforms in (0, 1), float64 [batch, vocab], a pure function of (seed, step, token), computed on `seeds`' device."
+    steps = torch.as_tensor(steps, dtype=torch.int64, device=seeds.device).expand(seeds.shape)
+    k = _mix64(seeds + (steps + 1) * _i64(_GAMMA))
+    h = _mix64(k[:, None] + _token_offsets(vocab, str(seeds.device))[None, :])
+    return (_srl(h, 11).double() + 0.5) * 2.0 ** -53
+
+def gumbel_noise(seeds: torch.Tensor, # [batch] int64 sequence seeds
+                 steps: torch.Tensor | int, # [batch] tokens generated so far (or one int)
+                 vocab: int, # vocabulary size
+                ) -> torch.Tensor:
+    "Gumbel(0, 1) noise -log(-log u), float64 [batch, vocab], on `seeds`' device."
+    return counter_uniform(seeds, steps, vocab).log_().neg_().log_().neg_()
+
 class GumbelNoise(LogitsProcessor):
-    "Add Gumbel noise from a per-row generator seeded by (row seed, step): argmax then samples softmax(scores)."
-    def __init__(self, seeds: Sequence[int], # one sequence seed per row of the batch
-                 prompt_len: int, # the batch's (padded) prompt length: step = input length - prompt_len
+    "Add Gumbel noise that is a pure function of (row seed, step, token): argmax then samples softmax(scores)."
+    def __init__(self, seeds: Sequence[int] | torch.Tensor, # one sequence seed per row of the batch
+                 prompt_len: int = 0, # the batch's (padded) prompt length: step = input length - prompt_len
                 ):
-        self.seeds, self.prompt_len = [int(s) for s in seeds], int(prompt_len)
+        self.seeds, self.prompt_len = torch.as_tensor(seeds, dtype=torch.int64), int(prompt_len)
+        self._on = {}  # the seeds on each device they met, copied once
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         if scores.shape[0] != len(self.seeds):
             raise ValueError(f"{scores.shape[0]} rows of scores for {len(self.seeds)} sequence seeds")
-        step, V = input_ids.shape[1] - self.prompt_len, scores.shape[-1]
-        u, g = torch.empty(len(self.seeds), V, dtype=torch.float64), torch.Generator()
-        for r, s in enumerate(self.seeds):
-            g.manual_seed(_seed("gumbel", s, step))
-            u[r] = torch.rand(V, generator=g, dtype=torch.float64)
-        noise = u.clamp_(min=torch.finfo(torch.float64).tiny).log_().neg_().log_().neg_()  # Gumbel: -log(-log u)
-        dt = torch.float32 if scores.device.type == "mps" else torch.float64  # MPS has no float64
-        return scores.to(dt) + noise.to(scores.device, dt)  # -inf (filtered) + finite noise stays -inf
+        dev = scores.device
+        if dev not in self._on: self._on[dev] = self.seeds.to(dev)
+        noise = gumbel_noise(self._on[dev], input_ids.shape[1] - self.prompt_len, scores.shape[-1])
+        dt = torch.float32 if dev.type == "mps" else torch.float64  # MPS has no float64
+        return scores.to(dt) + noise.to(dt)  # -inf (filtered) + finite noise stays -inf
 
-# %% ../nbs/00_models.ipynb #c0a1e5d3
+# %% ../nbs/00_models.ipynb #b85d635f
 def sampling_processors(sampling: Sampling, # temperature and top-p to apply
-                        seeds: Sequence[int], # one sequence seed per row of the batch
-                        prompt_len: int, # the batch's (padded) prompt length
+                        seeds: Sequence[int] | torch.Tensor, # one sequence seed per row of the batch
+                        prompt_len: int = 0, # the batch's (padded) prompt length
                        ) -> LogitsProcessorList:
-    "Temperature, top-p (transformers' own warpers) and per-row Gumbel noise: greedy argmax over them samples."
+    "Temperature, top-p (transformers' own warpers) and Gumbel noise: greedy argmax over them samples."
     ps = [TemperatureLogitsWarper(sampling.temperature)]
     if sampling.top_p < 1.0: ps.append(TopPLogitsWarper(sampling.top_p))
     return LogitsProcessorList(ps + [GumbelNoise(seeds, prompt_len)])
 
-# %% ../nbs/00_models.ipynb #5208dc61
+def next_tokens(logits: torch.Tensor, # [batch, vocab] last-position logits
+                sampling: Sampling, # greedy, or temperature / top-p to sample with
+                seeds: torch.Tensor | None = None, # [batch] int64 sequence seeds on the logits' device (sampling)
+                steps: torch.Tensor | None = None, # [batch] int64 tokens generated so far in each row (sampling)
+               ) -> torch.Tensor:
+    "The next token of every row, on the logits' device, with no host synchronisation: argmax, or Gumbel-max sampling."
+    scores = logits.float()  # as transformers' generate: float32 logits whatever the model's dtype
+    if sampling.greedy: return scores.argmax(-1)
+    scores = TemperatureLogitsWarper(sampling.temperature)(None, scores)
+    if sampling.top_p < 1.0: scores = TopPLogitsWarper(sampling.top_p)(None, scores)
+    dt = torch.float32 if scores.device.type == "mps" else torch.float64
+    return (scores.to(dt) + gumbel_noise(seeds, steps, scores.shape[-1]).to(dt)).argmax(-1)
+
+# %% ../nbs/00_models.ipynb #b473b626
+def _lpad_dim(x: torch.Tensor, T: int, dim: int) -> torch.Tensor:
+    "Left-pad `x` with zeros along `dim` to length `T`."
+    n = T - x.shape[dim]
+    if n <= 0: return x
+    shape = list(x.shape); shape[dim] = n
+    return torch.cat([x.new_zeros(shape), x], dim)
+
+@dataclass
+class _Rows:
+    "The live rows of a decoding batch, all on the model's device: KV cache, mask, next positions, seeds, steps, tokens."
+    keys: list # job key of each row
+    cache: object # a transformers DynamicCache
+    mask: torch.Tensor # [B, T] attention mask of everything cached plus the next token
+    pos: torch.Tensor # [B] position of each row's next token
+    seeds: torch.Tensor # [B] int64 sequence seeds
+    steps: torch.Tensor # [B] int64 tokens recorded so far
+    last: torch.Tensor # [B] the last sampled token (fed next)
+    done: torch.Tensor # [B] bool: ended (end token or max_new_tokens)
+    buf: torch.Tensor # [B, max_new_tokens] recorded tokens
+
+def _record(r: _Rows, tok: torch.Tensor, stop: torch.Tensor):
+    "Write each live row's new token, advance its step, mark rows that ended: device ops only."
+    W = r.buf.shape[1]
+    live = ~r.done
+    idx = r.steps.clamp(max=W - 1)[:, None]
+    r.buf.scatter_(1, idx, torch.where(live, tok, r.buf.gather(1, idx)[:, 0])[:, None])
+    r.steps = r.steps + live.long()
+    r.done = r.done | (live & (torch.isin(tok, stop) | (r.steps >= W)))
+    r.last = tok
+
+def _prefill(model, keys, prompts, seeds, sampling, stop, pad, device) -> _Rows:
+    "One forward over the left-padded prompts into a fresh cache, and each row's first token."
+    from transformers import DynamicCache
+    ids, mask = left_pad(prompts, pad, device)
+    cache = DynamicCache()
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), past_key_values=cache,
+                use_cache=True, logits_to_keep=1)
+    B = len(keys)
+    seeds = torch.tensor(seeds, dtype=torch.int64, device=device)
+    steps = torch.zeros(B, dtype=torch.int64, device=device)
+    r = _Rows(list(keys), out.past_key_values, mask, mask.sum(-1), seeds, steps, None,
+              torch.zeros(B, dtype=torch.bool, device=device),
+              torch.full((B, sampling.max_new_tokens), pad, dtype=torch.long, device=device))
+    _record(r, next_tokens(out.logits[:, -1], sampling, seeds, steps), stop)
+    return r
+
+def _decode_step(model, r: _Rows, sampling, stop, pad):
+    "Feed every row its last token (pad for ended rows) and record the next one: no host synchronisation."
+    feed = torch.where(r.done, pad, r.last)
+    r.mask = torch.cat([r.mask, r.mask.new_ones(len(r.keys), 1)], 1)
+    out = model(input_ids=feed[:, None], attention_mask=r.mask, position_ids=r.pos[:, None], past_key_values=r.cache,
+                use_cache=True)
+    r.pos = r.pos + 1
+    _record(r, next_tokens(out.logits[:, -1], sampling, r.seeds, r.steps), stop)
+
+def _can_regroup(cache) -> bool:
+    "Whether rows can leave and join this cache: every layer a plain DynamicLayer (no sliding window, quantisation...)."
+    from transformers.cache_utils import DynamicLayer
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(l) is DynamicLayer for l in layers)
+
+def _keep_rows(r: _Rows, keep: list[int]) -> _Rows:
+    "The rows `keep` of `r` (their cache too)."
+    idx = torch.tensor(keep, device=r.mask.device)
+    r.cache.batch_select_indices(idx)
+    return _Rows([r.keys[i] for i in keep], r.cache, r.mask[idx], r.pos[idx], r.seeds[idx], r.steps[idx],
+                 r.last[idx], r.done[idx], r.buf[idx])
+
+def _join_rows(a: _Rows, b: _Rows) -> _Rows:
+    "Rows of `a` then `b` in one batch: caches and masks left-padded to a common length (padding is masked, so exact)."
+    T = max(a.mask.shape[1], b.mask.shape[1])
+    for la, lb in zip(a.cache.layers, b.cache.layers):
+        if not (la.is_initialized and lb.is_initialized): continue
+        la.keys = torch.cat([_lpad_dim(la.keys, T, -2), _lpad_dim(lb.keys, T, -2)], 0)
+        la.values = torch.cat([_lpad_dim(la.values, T, -2), _lpad_dim(lb.values, T, -2)], 0)
+    cat = lambda x, y: torch.cat([x, y], 0)
+    return _Rows(a.keys + b.keys, a.cache, cat(_lpad_dim(a.mask, T, 1), _lpad_dim(b.mask, T, 1)), cat(a.pos, b.pos),
+                 cat(a.seeds, b.seeds), cat(a.steps, b.steps), cat(a.last, b.last), cat(a.done, b.done), cat(a.buf, b.buf))
+
+# %% ../nbs/00_models.ipynb #39afab0a
+def auto_batch_size(model: PreTrainedModel, # the model that will generate
+                    prompt_len: int, # longest prompt, in tokens
+                    max_new_tokens: int, # longest answer
+                    limit: int = 1024, # never more rows than this
+                    margin: float = 0.10, # share of the free memory left unused
+                   ) -> int:
+    "The largest generation batch that fits the model's device by the resource plan's terms (16 on a CPU)."
+    device = next(model.parameters()).device
+    if device.type != "cuda": return min(16, limit)
+    cfg = base_model(model).config
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    L, H = cfg.num_hidden_layers, cfg.hidden_size
+    heads = cfg.num_attention_heads
+    kv, hd = getattr(cfg, "num_key_value_heads", None) or heads, getattr(cfg, "head_dim", None) or H // heads
+    a = next(model.parameters()).element_size()
+    T = prompt_len + max_new_tokens
+    per_row = (2 * L * kv * hd * T * a                                  # the KV cache
+               + cfg.vocab_size * (4 * 4 + 8 * 3)                       # float32 logits, top-p's sort, float64 noise
+               + prompt_len * (3 * getattr(cfg, "intermediate_size", 4 * H) + 4 * H) * a)  # the prompt pass's temporaries
+    free, _ = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return max(1, min(limit, int(free * (1 - margin) // per_row)))
+
+def _is_oom(e: BaseException) -> bool:
+    "Whether `e` is a device out-of-memory error."
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+# %% ../nbs/00_models.ipynb #e66872b4
 def generate(model: PreTrainedModel, # a causal LM (plain or PEFT-wrapped)
              tokenizer: PreTrainedTokenizerBase, # its tokenizer
              prompts: Sequence[Sequence[int]], # prompts as token ids (see `chat_prompt_ids`)
              n: int = 1, # samples per prompt
              sampling: Sampling = Sampling(), # explicit sampling parameters
-             batch_size: int = 16, # sequences per forward batch
+             batch_size: int | str = 16, # most sequences decoded at once; 'auto': the most the device's memory fits
              seeds: Sequence[int] | None = None, # one sequence seed per (prompt, sample), in output order; None: from (sampling.seed, prompt index, sample index)
-             context: Callable[[], object] | None = None, # returns a context manager entered around each batch (e.g. a steerer)
+             context: Callable[[], object] | None = None, # returns a context manager entered around the decoding (e.g. a steerer)
              progress: bool = True, # show a progress bar
+             sync_every: int | None = None, # decoding steps between host synchronisations; None: 1 on a CPU, 8 on a GPU
+             regroup: bool = True, # finished answers leave the batch and queued prompts take their place
+             stats: dict | None = None, # if given, receives counts: forwards, row_steps, finished_row_steps, syncs, oom_halvings
             ) -> list[Generation]:
-    "Generate `n` samples for each prompt in length-sorted, left-padded batches; results in input order."
+    "Generate `n` samples for each prompt, longest prompts first, in a batch that refills as answers end; results in input order."
     if len(prompts) == 0: raise ValueError("no prompts given: `prompts` is empty")
     if n < 1: raise ValueError(f"n must be >= 1, got {n}")
-    if batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
     for i, p in enumerate(prompts):
         if isinstance(p, str): raise TypeError(f"prompt {i} is text; pass token ids (see `chat_prompt_ids`)")
         if len(p) == 0: raise ValueError(f"prompt {i} is empty")
-    stop = eos_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id
-    gcfg = sampling.generation_config(pad, stop)
+    stop_ids, pad = eos_ids(model, tokenizer), tokenizer.pad_token_id
     keys = [(pi, si) for pi in range(len(prompts)) for si in range(n)]
     if seeds is None: seeds = [_seed("generate", sampling.seed, pi, si) for pi, si in keys]
     elif len(seeds) != len(keys): raise ValueError(f"{len(seeds)} seeds for {len(keys)} sequences ({len(prompts)} prompts x n={n})")
     seed_of = dict(zip(keys, seeds))
-    jobs = sorted(keys, key=lambda j: (-len(prompts[j[0]]), j))
+    queue = sorted(keys, key=lambda j: (-len(prompts[j[0]]), j))  # longest first: joining rows are never longer
     device = next(model.parameters()).device
+    if batch_size == "auto": batch_size = auto_batch_size(model, len(prompts[queue[0][0]]), sampling.max_new_tokens)
+    batch_size = min(batch_size, len(keys))
+    if sync_every is None: sync_every = 8 if device.type == "cuda" else 1
+    stop = torch.tensor(stop_ids, dtype=torch.long, device=device)
+    st = dict(forwards=0, row_steps=0, finished_row_steps=0, syncs=0, oom_halvings=0, batch_size=batch_size)
     out: dict[tuple[int, int], Generation] = {}
-    target = base_model(model)
-    saved_cfg = target.generation_config
-    bar = tqdm(total=len(jobs), desc="generate", unit="seq", disable=not progress, leave=False)
+    bar = tqdm(total=len(keys), desc="generate", unit="seq", disable=not progress, leave=False)
+
+    def admit(k: int) -> _Rows:
+        take, queue[:k] = queue[:k], []
+        return _prefill(model, take, [prompts[pi] for pi, _ in take], [seed_of[j] for j in take], sampling, stop, pad, device)
+
+    def harvest(r: _Rows, rows: list[int]):
+        steps, buf = r.steps[rows].tolist(), r.buf[rows].tolist()
+        for i, s, row in zip(rows, steps, buf):
+            (pi, si), (resp, finished) = r.keys[i], _cut(row[:s], set(stop_ids))
+            out[pi, si] = Generation(list(prompts[pi]), resp, tokenizer.decode(resp, skip_special_tokens=True), finished, pi, si)
+        bar.update(len(rows))
+
     try:
-        target.generation_config = gcfg
-        for start in range(0, len(jobs), batch_size):
-            batch = jobs[start:start+batch_size]
-            ids, mask = left_pad([prompts[pi] for pi, _ in batch], pad, device)
-            procs = None if sampling.greedy else sampling_processors(sampling, [seed_of[j] for j in batch], ids.shape[1])
-            with torch.no_grad(), (context() if context else nullcontext()):
-                seqs = model.generate(input_ids=ids, attention_mask=mask, generation_config=gcfg, logits_processor=procs)
-            new = seqs[:, ids.shape[1]:].tolist()
-            for (pi, si), row in zip(batch, new):
-                resp, finished = _cut(row, set(stop))
-                out[pi, si] = Generation(list(prompts[pi]), resp, tokenizer.decode(resp, skip_special_tokens=True),
-                                         finished, pi, si)
-            bar.update(len(batch))
+        with torch.no_grad(), (context() if context else nullcontext()):
+            rows, wasted = None, torch.zeros((), dtype=torch.long, device=device)
+            while queue or rows is not None:
+                try:
+                    if rows is None: rows = admit(batch_size); st["forwards"] += 1; regroupable = regroup and _can_regroup(rows.cache)
+                    done = rows.done.tolist(); st["syncs"] += 1  # the one host synchronisation every `sync_every` steps
+                    ended = [i for i, d in enumerate(done) if d]
+                    if ended: harvest(rows, ended)
+                    live = [i for i, d in enumerate(done) if not d]
+                    if not live: rows = None; continue
+                    if ended and regroupable and (queue or 4 * len(ended) >= len(done)):
+                        rows = _keep_rows(rows, live)
+                        if queue and batch_size > len(live): rows = _join_rows(rows, admit(batch_size - len(live))); st["forwards"] += 1
+                    for _ in range(sync_every):
+                        wasted += rows.done.sum(); st["row_steps"] += len(rows.keys); st["forwards"] += 1
+                        _decode_step(model, rows, sampling, stop, pad)
+                except Exception as e:
+                    if not (_is_oom(e) and device.type == "cuda" and batch_size > 1): raise
+                    if rows is not None: queue[:0] = [k for k in rows.keys if k not in out]  # unfinished rows restart exactly
+                    queue.sort(key=lambda j: (-len(prompts[j[0]]), j)); rows = None
+                    batch_size //= 2; st["oom_halvings"] += 1; st["batch_size"] = batch_size
+                    torch.cuda.empty_cache()
+                    warnings.warn(f"CUDA out of memory while generating: batch size halved to {batch_size} (answers do not depend on it)")
+            st["finished_row_steps"] = int(wasted)
     finally:
-        target.generation_config = saved_cfg
         bar.close()
+        if stats is not None: stats.update(st)
     return [out[pi, si] for pi in range(len(prompts)) for si in range(n)]
 
 # %% ../nbs/00_models.ipynb #87559c10
