@@ -371,7 +371,7 @@ def _seed(*parts) -> int:
     "A 63-bit seed hashed from JSON-serialisable parts (dicts by sorted keys)."
     return int.from_bytes(hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).digest()[:8], "little") >> 1
 
-# %% ../nbs/00_models.ipynb #f2f9a474
+# %% ../nbs/00_models.ipynb #785dacb7
 _GAMMA = 0x9E3779B97F4A7C15  # SplitMix64's increment: 2^64 / golden ratio
 _M1, _M2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB  # its finaliser's multipliers
 _U64 = (1 << 64) - 1
@@ -409,15 +409,21 @@ def _token_offsets(vocab: int, device: str) -> torch.Tensor:
     "gamma * (token + 1) mod 2^64 for every token, as int64, kept on `device`."
     return torch.tensor([_i64(_GAMMA * (t + 1)) for t in range(vocab)], dtype=torch.int64, device=device)
 
+def _row_keys(seeds: torch.Tensor, steps) -> torch.Tensor:
+    "Each row's key mix(seed + gamma * (step + 1)), int64, on `seeds`' device."
+    steps = torch.as_tensor(steps, dtype=torch.int64, device=seeds.device).expand(seeds.shape)
+    return _mix64(seeds + (steps + 1) * _i64(_GAMMA))
+
+def _uniform_of(keys: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    "u = (mix(key + gamma * (token + 1)) >>> 11 + 0.5) * 2^-53, broadcasting keys against token offsets."
+    return (_srl(_mix64(keys + offsets), 11).double() + 0.5) * 2.0 ** -53
+
 def counter_uniform(seeds: torch.Tensor, # [batch] int64 sequence seeds
                     steps: torch.Tensor | int, # [batch] int64 tokens generated so far (or one int for all rows)
                     vocab: int, # vocabulary size
                    ) -> torch.Tensor:
     "Uniforms in (0, 1), float64 [batch, vocab], a pure function of (seed, step, token), computed on `seeds`' device."
-    steps = torch.as_tensor(steps, dtype=torch.int64, device=seeds.device).expand(seeds.shape)
-    k = _mix64(seeds + (steps + 1) * _i64(_GAMMA))
-    h = _mix64(k[:, None] + _token_offsets(vocab, str(seeds.device))[None, :])
-    return (_srl(h, 11).double() + 0.5) * 2.0 ** -53
+    return _uniform_of(_row_keys(seeds, steps)[:, None], _token_offsets(vocab, str(seeds.device))[None, :])
 
 def gumbel_noise(seeds: torch.Tensor, # [batch] int64 sequence seeds
                  steps: torch.Tensor | int, # [batch] tokens generated so far (or one int)
@@ -443,7 +449,7 @@ class GumbelNoise(LogitsProcessor):
         dt = torch.float32 if dev.type == "mps" else torch.float64  # MPS has no float64
         return scores.to(dt) + noise.to(dt)  # -inf (filtered) + finite noise stays -inf
 
-# %% ../nbs/00_models.ipynb #b85d635f
+# %% ../nbs/00_models.ipynb #9df4e96e
 def sampling_processors(sampling: Sampling, # temperature and top-p to apply
                         seeds: Sequence[int] | torch.Tensor, # one sequence seed per row of the batch
                         prompt_len: int = 0, # the batch's (padded) prompt length
@@ -457,16 +463,28 @@ def next_tokens(logits: torch.Tensor, # [batch, vocab] last-position logits
                 sampling: Sampling, # greedy, or temperature / top-p to sample with
                 seeds: torch.Tensor | None = None, # [batch] int64 sequence seeds on the logits' device (sampling)
                 steps: torch.Tensor | None = None, # [batch] int64 tokens generated so far in each row (sampling)
+                sparse: bool | None = None, # noise only where top-p left a token (needs a host sync); None: on a CPU, when most are filtered
                ) -> torch.Tensor:
-    "The next token of every row, on the logits' device, with no host synchronisation: argmax, or Gumbel-max sampling."
+    "The next token of every row, on the logits' device: argmax, or Gumbel-max sampling (no host synchronisation on a GPU)."
     scores = logits.float()  # as transformers' generate: float32 logits whatever the model's dtype
     if sampling.greedy: return scores.argmax(-1)
     scores = TemperatureLogitsWarper(sampling.temperature)(None, scores)
     if sampling.top_p < 1.0: scores = TopPLogitsWarper(sampling.top_p)(None, scores)
     dt = torch.float32 if scores.device.type == "mps" else torch.float64
-    return (scores.to(dt) + gumbel_noise(seeds, steps, scores.shape[-1]).to(dt)).argmax(-1)
+    keep = torch.isfinite(scores) if sparse is not False and sampling.top_p < 1.0 else None
+    if sparse is None: sparse = keep is not None and scores.device.type == "cpu" and bool(keep.sum() * 4 < keep.numel())
+    if not sparse: return (scores.to(dt) + gumbel_noise(seeds, steps, scores.shape[-1]).to(dt)).argmax(-1)
+    # the same noise at the kept tokens only: a pure function of (seed, step, token), so the same ids as the dense path
+    rows, toks = keep.nonzero(as_tuple=True)
+    keys = _row_keys(seeds, steps)
+    u = _uniform_of(keys[rows], (toks + 1) * _i64(_GAMMA))
+    vals = scores[rows, toks].to(dt) - (-u.log()).log()
+    best = torch.full((scores.shape[0],), -torch.inf, dtype=dt, device=scores.device).scatter_reduce(0, rows, vals, "amax")
+    win = vals == best[rows]
+    out = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
+    return out.index_put_((rows[win].flip(0),), toks[win].flip(0))  # on a (float64, measure-zero) tie: the lowest id, as argmax
 
-# %% ../nbs/00_models.ipynb #b473b626
+# %% ../nbs/00_models.ipynb #670a18bc
 def _lpad_dim(x: torch.Tensor, T: int, dim: int) -> torch.Tensor:
     "Left-pad `x` with zeros along `dim` to length `T`."
     n = T - x.shape[dim]
@@ -546,7 +564,7 @@ def _join_rows(a: _Rows, b: _Rows) -> _Rows:
     return _Rows(a.keys + b.keys, a.cache, cat(_lpad_dim(a.mask, T, 1), _lpad_dim(b.mask, T, 1)), cat(a.pos, b.pos),
                  cat(a.seeds, b.seeds), cat(a.steps, b.steps), cat(a.last, b.last), cat(a.done, b.done), cat(a.buf, b.buf))
 
-# %% ../nbs/00_models.ipynb #39afab0a
+# %% ../nbs/00_models.ipynb #e4a1e94b
 def auto_batch_size(model: PreTrainedModel, # the model that will generate
                     prompt_len: int, # longest prompt, in tokens
                     max_new_tokens: int, # longest answer
@@ -574,7 +592,7 @@ def _is_oom(e: BaseException) -> bool:
     "Whether `e` is a device out-of-memory error."
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
-# %% ../nbs/00_models.ipynb #e66872b4
+# %% ../nbs/00_models.ipynb #fa9a020a
 def generate(model: PreTrainedModel, # a causal LM (plain or PEFT-wrapped)
              tokenizer: PreTrainedTokenizerBase, # its tokenizer
              prompts: Sequence[Sequence[int]], # prompts as token ids (see `chat_prompt_ids`)
