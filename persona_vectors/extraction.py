@@ -6,13 +6,12 @@ Docs: https://persona-vectors.github.io/persona_vectors/extraction.html.md"""
 
 # %% ../nbs/03_extraction.ipynb #73a53e0a
 from __future__ import annotations
-import json, hashlib, math
+import json, hashlib, math, functools
 from pathlib import Path
 from typing import Sequence, Iterable
 
 import torch
 from torch import nn
-from fastcore.basics import nested_attr
 from tqdm.auto import tqdm
 from safetensors.torch import save_file, load_file
 from .models import (Sampling, chat_prompt_ids, generate_logged, decoder_layers, hidden_size, base_model, padded_batch)
@@ -116,7 +115,7 @@ def final_norm(model: nn.Module, # a transformers causal LM, possibly PEFT-wrapp
               ) -> nn.Module:
     "The norm after the last decoder block, whose output is `hidden_states[L]` (the head's input)."
     m = base_model(model)
-    found = [x for x in (nested_attr(m, p, None) for p in _FINAL_NORMS) if isinstance(x, nn.Module)]
+    found = [x for x in (functools.reduce(lambda o, a: getattr(o, a, None), p.split('.'), m) for p in _FINAL_NORMS) if isinstance(x, nn.Module)]
     if found: return found[0]
     raise ValueError(f"cannot find the final norm of {type(m).__name__}; looked for {_FINAL_NORMS}")
 

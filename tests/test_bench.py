@@ -230,3 +230,25 @@ def test_gpu_check_smoke_on_cpu(tmp_path):
     assert r["distillation"]["steps"] == 20 and r["distillation"]["adapter_dtype"] == "torch.float32"
     assert "| bf16 vs float32 steering effect | cosine" in (tmp_path/"gpu_check_smoke.md").read_text()
     assert not (tmp_path/".gpu_check_work").exists()
+    # the bf16 gap, attributed: every scoring of every student, the library's own numbers beside them, the noise floors
+    g = r["bf16_gap"]
+    assert g["ok"] and set(g["gap"]) == {"f32", "bf16", "f32+autocast"} and all(0 < x < 1 for d in g["gap"].values() for x in d.values())
+    assert g["gap"]["bf16"]["all bf16 (as a bf16 study scores)"] != g["gap"]["bf16"]["all float32"]  # bf16 really scored
+    assert g["noise_floor"]["KL(T32 || T16): the bf16 teacher against the float32 one"] > 0
+    assert abs(g["library_gap"]["bf16@16"] - g["bf16_study_gap"]) < 0.01  # the library's bf16 scoring, batched differently
+    # the demo through the CLI on the tiny model, beside the committed run
+    assert r["demo"]["ok"] and r["demo"]["run"]["variants"]["lora4"]["gap"] is not None
+    assert r["demo"]["committed"]["variants"]["lora8"]["gap"] > 0.8
+    assert "| held-out AUROC | 0.931 |" in (tmp_path/"gpu_check_smoke.md").read_text()
+
+
+def test_gpu_check_records_a_failing_check_and_goes_on(tmp_path):
+    "One check that raises: its traceback is in the json, the others still run, the exit code is 1."
+    (tmp_path/"a-file").write_text("not a run directory")  # the demo's run directory is a file: the study refuses it
+    p = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--smoke-cpu", "--out", str(tmp_path), "--only", "steering,demo",
+                        "--demo-dir", str(tmp_path/"a-file")], cwd=ROOT, capture_output=True, text=True,
+                       env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"), timeout=300)
+    r = json.loads((tmp_path/"gpu_check_smoke.json").read_text())
+    assert p.returncode == 1 and r["steering"]["ok"] and not r["demo"]["ok"], p.stderr[-2000:]
+    assert "Traceback" in r["demo"]["error"] and "distillation" not in r and "bf16_gap" not in r
+    assert "| demo | **failed**" in (tmp_path/"gpu_check_smoke.md").read_text()
