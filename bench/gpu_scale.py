@@ -138,27 +138,33 @@ def auto_row(model, tok, device, prompt: int, new: int, ms64: float | None) -> d
 
 
 def sync_row(model, tok, device, new: int) -> dict:
-    "A steered sampled generation under set_sync_debug_mode('error'); the loop's looks are allowed and counted."
+    "A steered sampled generation under set_sync_debug_mode('error'): the decoding steps never wait for the host."
     from persona_vectors import models as M
     from persona_vectors.steering import steer
     if not str(device).startswith("cuda"): return dict(skipped="no CUDA: set_sync_debug_mode needs a GPU")
     ps = prompts(16, 40, tok.vocab, seed=3)
-    looks = []
-    real_tolist = torch.Tensor.tolist
-    def allowed(self):  # the loop's deliberate looks at the batch, every `sync_every` steps
-        torch.cuda.set_sync_debug_mode(0)
-        try: looks.append(1); return real_tolist(self)
-        finally: torch.cuda.set_sync_debug_mode("error")
-    st = {}
     M.generate(model, tok, ps, sampling=M.Sampling(max_new_tokens=new), batch_size=16, progress=False)  # warm caches
-    torch.Tensor.tolist = allowed
+    st, control = {}, None
+    torch.cuda.set_sync_debug_mode("error")
     try:
-        torch.cuda.set_sync_debug_mode("error")
-        M.generate(model, tok, ps, sampling=M.Sampling(max_new_tokens=new), batch_size=16, progress=False,
+        try: torch.ones(1, device=device).item(); control = "not raised"
+        except RuntimeError: control = "raised"  # the mode is on: a plain .item() is refused
+        M.generate(model, tok, ps, sampling=M.Sampling(max_new_tokens=new), batch_size=16, progress=False, sync_every=8,
                    context=steer(model, steering_of(model)), stats=st)
-    finally:
-        torch.cuda.set_sync_debug_mode(0); torch.Tensor.tolist = real_tolist
-    return dict(ok=True, forwards=st["forwards"], host_looks=len(looks), syncs=st["syncs"], new=new)
+    finally: torch.cuda.set_sync_debug_mode(0)
+    return dict(ok=True, control_item=control, forwards=st["forwards"], host_looks=st["syncs"], new=new, sync_every=8)
+
+
+def noise_row(device) -> dict:
+    "The same seeds give the same noise and the same ids on the CPU and on the GPU (integer arithmetic is exact)."
+    from persona_vectors.models import counter_uniform, next_tokens, Sampling
+    if not str(device).startswith("cuda"): return dict(skipped="no CUDA")
+    seeds, steps = torch.arange(64) * 1_000_003 + 17, torch.arange(64) % 7
+    u_cpu, u_gpu = counter_uniform(seeds, steps, 152064), counter_uniform(seeds.cuda(), steps.cuda(), 152064).cpu()
+    logits = torch.randn(64, 152064, generator=torch.Generator().manual_seed(0)) * 6
+    ids = {d: next_tokens(logits.to(d), Sampling(top_p=0.95), seeds.to(d), steps.to(d), sparse=False).cpu() for d in ("cpu", "cuda")}
+    return dict(noise_equal=bool(torch.equal(u_cpu, u_gpu)), ids_equal=bool(torch.equal(ids["cpu"], ids["cuda"])),
+                max_abs_diff=float((u_cpu - u_gpu).abs().max()))
 
 
 def read_row(model, tok, device) -> dict:
@@ -224,15 +230,24 @@ def train_row(model, tok, device, method: str, steps: int = 3) -> dict:
     return row
 
 
-def plan_row(decode: dict | None, auto: dict | None) -> dict:
-    "The reference study's plan on an H200 at the decode step floor measured here, and its total."
+def plan_row(model, decode: dict | None, auto: dict | None) -> dict:
+    "The reference study's plan on an H200: as shipped, at the step floor measured here, and with the auto batch too."
     from persona_vectors import resources as R
     from persona_vectors.pipeline import load_config
-    acc = R.ACCELERATORS["H200-141GB"]
+    acc, L = R.ACCELERATORS["H200-141GB"], model.config.num_hidden_layers
+    cfg = load_config("reference")
+    variants = [("as shipped", acc, cfg)]
+    if decode:
+        floor = decode["ms_per_step"]["ours sampled steered"] / 1000 / L  # batch 64: far below the roofline, so the floor
+        measured = replace(acc, step_floor_per_block=floor)
+        variants.append((f"step floor measured ({floor * 1e6:.0f} us per block)", measured, cfg))
+        if auto:
+            big = cfg.model_copy(deep=True)
+            big.extraction.batch_size = big.evaluation.batch_size = int(auto["batch"])
+            variants.append((f"step floor measured, generation batch {auto['batch']} (auto)", measured, big))
     out = {}
-    for name, a in [("as shipped", acc)] + ([("measured decode floor", replace(acc, decode_step_s=decode["ms_per_step"]["ours sampled steered"] / 1000))]
-                                            if decode and hasattr(acc, "decode_step_s") else []):
-        df = R.resource_plan(load_config("reference"), [a])
+    for name, a, c in variants:
+        df = R.resource_plan(c, [a])
         out[name] = dict(total_min=float(df.time_s.sum()) / 60, stages={r.stage: round(r.time_s / 60, 2) for r in df.itertuples()})
     return out
 
@@ -255,10 +270,11 @@ def run(smoke: bool, repeats: int, new: int, prompt: int, out: Path, budget_s: f
     steps = [("decode", lambda: decode_rows(model, tok, device, 64 if not smoke else 8, prompt, new, repeats)),
              ("auto_batch", lambda: auto_row(model, tok, device, prompt, new, res["rows"].get("decode", {}).get("ms_per_step", {}).get("ours sampled"))),
              ("no_host_sync", lambda: sync_row(model, tok, device, 32)),
+             ("noise_cpu_vs_gpu", lambda: noise_row(device)),
              ("reads", lambda: read_row(model, tok, device)),
              ("lora_step", lambda: train_row(model, tok, device, "lora")),
              ("full_step", lambda: train_row(model, tok, device, "full")),
-             ("plan", lambda: plan_row(res["rows"].get("decode"), res["rows"].get("auto_batch")))]
+             ("plan", lambda: plan_row(model, res["rows"].get("decode"), res["rows"].get("auto_batch")))]
     for name, fn in steps:
         if time.time() - t0 > budget_s: res["errors"][name] = f"skipped: the {budget_s:.0f} s budget was spent"; save(); continue
         try:
@@ -291,6 +307,7 @@ def markdown(res: dict) -> str:
                   f"{a['tokens_per_s']:.0f} tokens/s" + (f" ({a['tokens_per_s_vs_batch64']:.1f}x batch 64)" if "tokens_per_s_vs_batch64" in a else "")
                   + (f"; peak {a['peak_bytes'] / 2**30:.1f} GiB, plan {a['plan_peak_bytes'] / 2**30:.1f} GiB ({a['peak_vs_plan']:.2f})" if "peak_bytes" in a else ""), ""]
     if "no_host_sync" in r: lines += ["## Host synchronisation", "", json.dumps(r["no_host_sync"]), ""]
+    if "noise_cpu_vs_gpu" in r: lines += ["## Noise and ids, CPU against GPU", "", json.dumps(r["noise_cpu_vs_gpu"]), ""]
     if "reads" in r: lines += ["## Activation reads", "", json.dumps(r["reads"]), ""]
     for k in ("lora_step", "full_step"):
         if k in r:
@@ -298,7 +315,7 @@ def markdown(res: dict) -> str:
             lines += [f"## {k}", "", (f"{x['step_s']:.3f} s/step" + (f" (plan {x['plan_step_s']:.3f} s), peak {x['peak_bytes'] / 2**30:.1f} GiB "
                       f"(plan {x['plan_peak_bytes'] / 2**30:.1f} GiB)" if "peak_bytes" in x else "")) if "step_s" in x else json.dumps(x), ""]
     if "plan" in r:
-        lines += ["## The reference study's plan on an H200", ""] + [f"- {k}: {v['total_min']:.0f} min" for k, v in r["plan"].items() if isinstance(v, dict)] + [""]
+        lines += ["## The reference study's plan on an H200", ""] + [f"- {k}: {v['total_min']:.0f} min ({', '.join(f'{s} {m:.1f}' for s, m in v['stages'].items())})" for k, v in r["plan"].items() if isinstance(v, dict)] + [""]
     if res.get("errors"): lines += ["## Errors", ""] + [f"- {k}: `{v.strip().splitlines()[-1] if v.strip() else v}`" for k, v in res["errors"].items()] + [""]
     return "\n".join(lines)
 

@@ -531,12 +531,20 @@ def _prefill(model, keys, prompts, seeds, sampling, stop, pad, device) -> _Rows:
     _record(r, next_tokens(out.logits[:, -1], sampling, seeds, steps), stop)
     return r
 
+def _step_mask(mask: torch.Tensor, # [B, T] attention mask, 1 on real tokens
+               dtype: torch.dtype, # the model's dtype
+              ) -> torch.Tensor:
+    "The additive [B, 1, 1, T] mask of a one-token decoding step: transformers takes a 4D mask as it is."
+    return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
 def _decode_step(model, r: _Rows, sampling, stop, pad):
     "Feed every row its last token (pad for ended rows) and record the next one: no host synchronisation."
     feed = torch.where(r.done, pad, r.last)
     r.mask = torch.cat([r.mask, r.mask.new_ones(len(r.keys), 1)], 1)
-    out = model(input_ids=feed[:, None], attention_mask=r.mask, position_ids=r.pos[:, None], past_key_values=r.cache,
-                use_cache=True)
+    # a 2D mask would make transformers check it for padding on the host (`fast_all`) at every step
+    dtype = next(base_model(model).parameters()).dtype
+    out = model(input_ids=feed[:, None], attention_mask=_step_mask(r.mask, dtype), position_ids=r.pos[:, None],
+                past_key_values=r.cache, use_cache=True)
     r.pos = r.pos + 1
     _record(r, next_tokens(out.logits[:, -1], sampling, r.seeds, r.steps), stop)
 
@@ -592,6 +600,17 @@ def _is_oom(e: BaseException) -> bool:
     "Whether `e` is a device out-of-memory error."
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
+def _host_look(device: torch.device):
+    "Context of the loop's deliberate look at the batch: CUDA's sync debug mode is relaxed there, and only there."
+    from contextlib import contextmanager
+    @contextmanager
+    def relaxed():
+        mode = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode(0)
+        try: yield
+        finally: torch.cuda.set_sync_debug_mode(mode)
+    return relaxed() if device.type == "cuda" and torch.cuda.get_sync_debug_mode() else nullcontext()
+
 # %% ../nbs/00_models.ipynb #fa9a020a
 def generate(model: PreTrainedModel, # a causal LM (plain or PEFT-wrapped)
              tokenizer: PreTrainedTokenizerBase, # its tokenizer
@@ -645,15 +664,16 @@ def generate(model: PreTrainedModel, # a causal LM (plain or PEFT-wrapped)
             rows, wasted = None, torch.zeros((), dtype=torch.long, device=device)
             while queue or rows is not None:
                 try:
-                    if rows is None: rows = admit(batch_size); st["forwards"] += 1; regroupable = regroup and _can_regroup(rows.cache)
-                    done = rows.done.tolist(); st["syncs"] += 1  # the one host synchronisation every `sync_every` steps
-                    ended = [i for i, d in enumerate(done) if d]
-                    if ended: harvest(rows, ended)
-                    live = [i for i, d in enumerate(done) if not d]
-                    if not live: rows = None; continue
-                    if ended and regroupable and (queue or 4 * len(ended) >= len(done)):
-                        rows = _keep_rows(rows, live)
-                        if queue and batch_size > len(live): rows = _join_rows(rows, admit(batch_size - len(live))); st["forwards"] += 1
+                    with _host_look(device):  # the one host synchronisation every `sync_every` steps: harvest, regroup, admit
+                        if rows is None: rows = admit(batch_size); st["forwards"] += 1; regroupable = regroup and _can_regroup(rows.cache)
+                        done = rows.done.tolist(); st["syncs"] += 1
+                        ended = [i for i, d in enumerate(done) if d]
+                        if ended: harvest(rows, ended)
+                        live = [i for i, d in enumerate(done) if not d]
+                        if not live: rows = None; continue
+                        if ended and regroupable and (queue or 4 * len(ended) >= len(done)):
+                            rows = _keep_rows(rows, live)
+                            if queue and batch_size > len(live): rows = _join_rows(rows, admit(batch_size - len(live))); st["forwards"] += 1
                     for _ in range(sync_every):
                         wasted += rows.done.sum(); st["row_steps"] += len(rows.keys); st["forwards"] += 1
                         _decode_step(model, rows, sampling, stop, pad)

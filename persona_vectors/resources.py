@@ -35,6 +35,7 @@ class Accelerator:
     mfu: float = 0.4 # share of `flops` a training or prefill step reaches (stated for GPUs, 1 for a measured CPU rate)
     bw_efficiency: float = 0.7 # share of `bandwidth` a memory-bound step (decoding, the optimizer) reaches
     kind: str = "gpu" # 'gpu' or 'cpu'
+    step_floor_per_block: float = 0.0 # seconds a forward pass takes per decoder block however little it computes (kernel launches, Python): measured by bench/gpu_scale.py
     note: str = "" # where the numbers come from
 
     def rate(self, dtype: str) -> float:
@@ -369,16 +370,17 @@ def generation_time(s: ModelShape, # the model
     W, q, L = s.params * g.weight_bytes, s.n_heads * s.head_dim, s.n_layers
     body, head = L * s.block_matmul, s.hidden * s.vocab
     nb = math.ceil(g.answers / g.batch); b = g.answers / nb
+    floor = acc.step_floor_per_block * L  # a forward pass never takes less, however small the batch
     t = 0.0
     if g.generate:
         prefill = 2 * body * b * g.prompt + 4 * b * g.prompt ** 2 * q * L + 2 * b * head
         ctx = g.prompt + g.new / 2  # mean context of a decoding step
         step_flops = 2 * (body + head) * b + 4 * b * ctx * q * L
         step_bytes = W + 2 * L * s.n_kv_heads * s.head_dim * ctx * b * g.weight_bytes
-        t += nb * (max(prefill / rate, W / bw) + g.new * max(step_flops / rate, step_bytes / bw))
+        t += nb * (max(prefill / rate, W / bw, floor) + g.new * max(step_flops / rate, step_bytes / bw, floor))
     if g.read:
         T = g.prompt + g.new
-        t += nb * max((2 * body * b * T + 4 * b * T ** 2 * q * L) / rate, W / bw)
+        t += nb * max((2 * body * b * T + 4 * b * T ** 2 * q * L) / rate, W / bw, floor)
     return t
 
 # %% ../nbs/11_resources.ipynb #66af86ea
