@@ -253,6 +253,18 @@ def copy_linked(md: str, page_dir_rel: str, pages: Path, copied: set):
         dst.parent.mkdir(parents=True, exist_ok=True); shutil.copy2(src, dst); copied.add(rel)
 
 
+def svg_files(page: str, run_dir: Path):
+    """The SVG files a report page links to (`figures/NAME.svg`) and the run in nbs/ does not hold (it commits PNG and
+    PDF; the page inlines the SVG): written from the page's own inline drawing, so the link works on the site."""
+    for name in re.findall(r'href="figures/([\w.-]+)\.svg"', page):
+        dst = run_dir/"figures"/f"{name}.svg"
+        if dst.exists(): continue
+        m = re.search(rf'<figure id="fig-{re.escape(name)}"[^>]*>\s*(<svg\b.*?</svg>)', page, re.S)
+        if not m: print(f"warning: {run_dir.name}/report.html links figures/{name}.svg, which is neither there nor inline", file=sys.stderr); continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_text('<?xml version="1.0" encoding="utf-8" standalone="no"?>\n' + m[1] + "\n")
+
+
 def build(out: Path, strict: bool = True) -> dict:
     t0 = time.time()
     listed, reports = sidebar()
@@ -281,9 +293,13 @@ def build(out: Path, strict: bool = True) -> dict:
             report_nav.append({f"{run}": RENAMED.get(r, r)})
             if (src.parent/"report.html").exists():
                 shutil.copy2(src.parent/"report.html", pages/Path(r).parent/"report.html")
+                page = (src.parent/"report.html").read_text()
+                copy_linked(page, str(Path(r).parent), pages, copied)  # its figure PDFs and PNGs
+                svg_files(page, pages/Path(r).parent)
                 report_nav.append({f"{run} (interactive page)": str(Path(r).parent/"report.html")})
         (pages/"api.md").write_text(api_page())
         shutil.copy2(ROOT/"docs"/"extra.css", pages/"extra.css")
+        shutil.copytree(ROOT/"docs"/"vendor", pages/"vendor")
         nav += [{"Reports": report_nav}, {"API reference": "api.md"}]
         if missing:
             raise MissingOutputs("cells that should show an output hold none (run the notebook and save it):\n  "
