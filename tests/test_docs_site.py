@@ -56,6 +56,8 @@ def test_every_notebook_and_report_is_a_page(site):
             assert (site/run/"report.html").read_bytes() == (ROOT/"nbs"/run/"report.html").read_bytes()
     assert info["pages"] == len(info["html"]) >= len(nbs) + 4
     assert not list(site.rglob("*.ipynb")) and not (site/"index.md").exists()
+    for n in nbs:  # nbdev's directives never reach a page's code (pygments marks a comment c1)
+        assert not re.search(r'class="c1?">#\|', (site/f"{n}.html").read_text()), n
 
 
 def test_pages_in_chromium(site, browser):
@@ -149,3 +151,52 @@ def test_search_finds_a_page(site, browser):
     hits = WebDriverWait(browser, 10).until(lambda d: d.find_elements("css selector", ".md-search-result__item a"))
     assert any("00_models.html" in h.get_attribute("href") for h in hits), [h.get_attribute("href") for h in hits]
     assert not browser.get_log("browser")
+
+
+def load_builder():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("docs_build", ROOT/"docs"/"build.py")
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+
+def test_missing_outputs_are_named(tmp_path):
+    """Notebooks saved without their outputs are named by the build, cell by cell (and the page says so under the
+    cell); with their outputs, the same pages pass. The check reads code, so it finds most such cells, not all."""
+    b = load_builder()
+    shown = flagged = 0
+    for name in ("01_artifacts.ipynb", "02_judge.ipynb", "05b_kl_losses.ipynb"):
+        nb = json.loads((ROOT/"nbs"/name).read_text())
+        has = {i for i, c in enumerate(nb["cells"]) if c.get("outputs")}
+        missing = []; b.notebook_page(ROOT/"nbs"/name, tmp_path, missing)
+        assert has and not missing, missing
+        for c in nb["cells"]:
+            if c["cell_type"] == "code": c["outputs"] = []
+        bare = tmp_path/name; bare.write_text(json.dumps(nb))
+        md = b.notebook_page(bare, tmp_path, missing)
+        cells = {int(m.split("cell ")[1].split(":")[0]) for m in missing}
+        assert all(m.startswith(f"{name} cell ") for m in missing) and cells <= has, (missing, has)
+        assert md.count('!!! warning "No saved output"') == len(cells)
+        shown, flagged = shown + len(has), flagged + len(cells)
+    assert flagged >= 0.75 * shown, (flagged, shown)
+
+
+def test_directives_as_nbdev_applies_them(tmp_path):
+    "`#| hide` cells and `#| export` sources are not on the page, directive lines never; show_doc follows each export."
+    b = load_builder()
+    nb = {"cells": [
+        {"cell_type": "markdown", "source": "# T\n> d\n\n- skip_exec: true", "metadata": {}},
+        {"cell_type": "code", "source": "#| default_exp records", "outputs": [], "metadata": {}},
+        {"cell_type": "code", "source": "#| hide\nsecret_hidden = 1", "outputs": [], "metadata": {}},
+        {"cell_type": "code", "source": "#| export\ndef atomic_write(): 'src hidden'", "outputs": [], "metadata": {}},
+        {"cell_type": "code", "source": "#| echo: false\nprint('only the output')", "metadata": {},
+         "outputs": [{"output_type": "stream", "name": "stdout", "text": "0%\r50%\r100% done\n"}]},
+        {"cell_type": "code", "source": "#| output: false\nprint('x')", "metadata": {},
+         "outputs": [{"output_type": "stream", "name": "stdout", "text": "not shown\n"}]},
+        {"cell_type": "markdown", "source": "See [the pipeline](06_pipeline.ipynb#stages).", "metadata": {}}]}
+    f = tmp_path/"t.ipynb"; f.write_text(json.dumps(nb))
+    missing = []; md = b.notebook_page(f, tmp_path, missing)
+    assert not missing and "#|" not in md and "skip_exec" not in md
+    assert "secret_hidden" not in md and "src hidden" not in md and "only the output" not in md and "not shown" not in md
+    assert "### atomic_write" in md and "100% done" in md and "50%" not in md
+    assert "](06_pipeline.md#stages)" in md
