@@ -2,7 +2,7 @@
 PY ?= python3
 FLAGS ?= slow
 
-.PHONY: install study test test-fast check clean-nbs bench gpu-check
+.PHONY: install study test test-fast check clean-nbs bench gpu-check docs
 install: .install.stamp
 .install.stamp: pyproject.toml Makefile
 	@# torch first: a plain `torch` requirement would otherwise pull a multi-GB CUDA build on a CPU machine
@@ -31,3 +31,9 @@ bench: install
 
 gpu-check: install  ## on one CUDA GPU, < 8 min, packaged SmolLM2 only: bf16 vs float32 steering and extraction, a 20-step LoRA, the benchmarks (bench/results/gpu_check.md); without CUDA it says so and exits 0
 	HF_HUB_OFFLINE=1 $(PY) -m bench.gpu_check
+
+docs: install .docs.stamp  ## the docs site in _docs/ (MkDocs Material, from the notebooks' saved outputs, nothing executed, offline); with Quarto: nbdev-docs
+	NO_MKDOCS_2_WARNING=1 $(PY) docs/build.py --out _docs
+.docs.stamp: pyproject.toml
+	$(PY) -m pip install -e ".[docs]"
+	touch $@
