@@ -29,8 +29,11 @@ check: install  ## what CI checks besides the tests: clean notebooks, package in
 bench: install
 	HF_HUB_OFFLINE=1 $(PY) -m bench.run
 
-gpu-check: install  ## on one CUDA GPU, < 8 min, packaged SmolLM2 only: bf16 vs float32 steering and extraction, a 20-step LoRA, the benchmarks (bench/results/gpu_check.md); without CUDA it says so and exits 0
+gpu-check:  ## on one CUDA GPU, < 8 min, packaged SmolLM2 only: bf16 vs float32 checks, the bf16 gap attributed, a 20-step LoRA, the benchmarks, the demo study beside nbs/demo_run (bench/results/gpu_check.md); without CUDA it says so and exits 0
+	@# a GPU node often has no registry: install only when the package or its stack does not import already
+	@$(PY) -c "import torch, transformers, peft, persona_vectors" 2>/dev/null || $(MAKE) install
 	HF_HUB_OFFLINE=1 $(PY) -m bench.gpu_check
+	HF_HUB_OFFLINE=1 $(PY) -m bench.gpu_scale
 
 docs: install .docs.stamp  ## the docs site in _docs/ (MkDocs Material, from the notebooks' saved outputs, nothing executed, offline); with Quarto: nbdev-docs
 	NO_MKDOCS_2_WARNING=1 $(PY) docs/build.py --out _docs

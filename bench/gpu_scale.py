@@ -230,7 +230,7 @@ def train_row(model, tok, device, method: str, steps: int = 3) -> dict:
     return row
 
 
-def plan_row(model, decode: dict | None, auto: dict | None) -> dict:
+def plan_row(model, decode: dict | None, auto: dict | None, res_rows: dict) -> dict:
     "The reference study's plan on an H200: as shipped, at the step floor measured here, and with the auto batch too."
     from persona_vectors import resources as R
     from persona_vectors.pipeline import load_config
@@ -240,12 +240,16 @@ def plan_row(model, decode: dict | None, auto: dict | None) -> dict:
     if decode:
         floor = decode["ms_per_step"]["ours sampled steered"] / 1000 / L  # batch 64: far below the roofline, so the floor
         measured = replace(acc, step_floor_per_block=floor)
+        lora = res_rows.get("lora_step") or {}
+        if "plan_step_s" in lora:  # training: the matmul efficiency the measured LoRA step shows
+            measured = replace(measured, mfu=acc.mfu * lora["plan_step_s"] / lora["step_s"])
         variants.append((f"step floor measured ({floor * 1e6:.0f} us per block)", measured, cfg))
         if auto:
-            big = cfg.model_copy(deep=True)
-            big.extraction.batch_size = big.evaluation.batch_size = int(auto["batch"])
+            b = int(auto["batch"])
+            big = cfg.model_copy(update=dict(extraction=cfg.extraction.model_copy(update=dict(batch_size=b)),
+                                             evaluation=cfg.evaluation.model_copy(update=dict(batch_size=b))))
             variants.append((f"step floor measured, generation batch {auto['batch']} (auto)", measured, big))
-    out = {}
+    out = {"measured_accelerator": {k: getattr(variants[-1][1], k) for k in ("mfu", "bw_efficiency", "step_floor_per_block")}}
     for name, a, c in variants:
         df = R.resource_plan(c, [a])
         out[name] = dict(total_min=float(df.time_s.sum()) / 60, stages={r.stage: round(r.time_s / 60, 2) for r in df.itertuples()})
@@ -274,7 +278,7 @@ def run(smoke: bool, repeats: int, new: int, prompt: int, out: Path, budget_s: f
              ("reads", lambda: read_row(model, tok, device)),
              ("lora_step", lambda: train_row(model, tok, device, "lora")),
              ("full_step", lambda: train_row(model, tok, device, "full")),
-             ("plan", lambda: plan_row(model, res["rows"].get("decode"), res["rows"].get("auto_batch")))]
+             ("plan", lambda: plan_row(model, res["rows"].get("decode"), res["rows"].get("auto_batch"), res["rows"]))]
     for name, fn in steps:
         if time.time() - t0 > budget_s: res["errors"][name] = f"skipped: the {budget_s:.0f} s budget was spent"; save(); continue
         try:
@@ -315,7 +319,7 @@ def markdown(res: dict) -> str:
             lines += [f"## {k}", "", (f"{x['step_s']:.3f} s/step" + (f" (plan {x['plan_step_s']:.3f} s), peak {x['peak_bytes'] / 2**30:.1f} GiB "
                       f"(plan {x['plan_peak_bytes'] / 2**30:.1f} GiB)" if "peak_bytes" in x else "")) if "step_s" in x else json.dumps(x), ""]
     if "plan" in r:
-        lines += ["## The reference study's plan on an H200", ""] + [f"- {k}: {v['total_min']:.0f} min ({', '.join(f'{s} {m:.1f}' for s, m in v['stages'].items())})" for k, v in r["plan"].items() if isinstance(v, dict)] + [""]
+        lines += ["## The reference study's plan on an H200", ""] + [f"- {k}: {v['total_min']:.0f} min ({', '.join(f'{s} {m:.1f}' for s, m in v['stages'].items())})" for k, v in r["plan"].items() if isinstance(v, dict) and "total_min" in v] + [""]
     if res.get("errors"): lines += ["## Errors", ""] + [f"- {k}: `{v.strip().splitlines()[-1] if v.strip() else v}`" for k, v in res["errors"].items()] + [""]
     return "\n".join(lines)
 
@@ -323,10 +327,10 @@ def markdown(res: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.gpu_scale", description=__doc__.splitlines()[0])
     ap.add_argument("--smoke-cpu", action="store_true", help="a tiny model of the same family on this CPU")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--new", type=int, default=64, help="new tokens per decode")
     ap.add_argument("--prompt", type=int, default=64, help="prompt tokens")
-    ap.add_argument("--budget", type=float, default=420, help="seconds; rows past it are skipped")
+    ap.add_argument("--budget", type=float, default=200, help="seconds; rows past it are skipped")
     ap.add_argument("--out", default=None, help="results directory (default bench/results; --smoke-cpu: a temporary one)")
     a = ap.parse_args(argv)
     out = Path(a.out) if a.out else (Path(tempfile.mkdtemp()) if a.smoke_cpu else OUT)
