@@ -89,6 +89,7 @@ def check_distillation(b16, vector, layer: int, alpha: float, out: Path, device:
     s = Steering(vector, layer, alpha, "response")
     trajs = sample_trajectories(m, tok, QUESTIONS, s, out/"trajectories.jsonl", n=32,
                                 sampling=Sampling(max_new_tokens=16 if smoke else 48, seed=0), batch_size=16, progress=False)
+    trajs = [t for t in trajs if t["response_ids"]]  # a teacher that ends at once leaves nothing to distill
     if device.startswith("cuda"): torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
     start = torch.cuda.memory_allocated() if device.startswith("cuda") else 0
     t0 = time.time()
@@ -156,8 +157,9 @@ def check_bf16_gap(f32, vector, layer: int, alpha: float, out: Path, smoke: bool
     n_train, n_held, new = (16, 8, 12) if smoke else (80, 24, 48)
     samp = Sampling(max_new_tokens=new, seed=0)
     t0 = time.time()
-    train = sample_trajectories(m32, tok, trait.extract_questions, st, out/"train.jsonl", n=n_train, sampling=samp, batch_size=16, progress=False)
-    held = sample_trajectories(m32, tok, trait.eval_questions, st, out/"heldout.jsonl", n=n_held, sampling=samp, batch_size=8, progress=False)
+    nonempty = lambda ts: [t for t in ts if t["response_ids"]]  # a teacher that ends at once leaves nothing to distill or score
+    train = nonempty(sample_trajectories(m32, tok, trait.extract_questions, st, out/"train.jsonl", n=n_train, sampling=samp, batch_size=16, progress=False))
+    held = nonempty(sample_trajectories(m32, tok, trait.eval_questions, st, out/"heldout.jsonl", n=n_held, sampling=samp, batch_size=8, progress=False))
     t_sample = time.time() - t0
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     recipe = dict(method="lora", r=8, lora_alpha=16, target_modules=targets, max_steps=20, batch_size=4, grad_accum=2,
