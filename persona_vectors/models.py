@@ -289,16 +289,19 @@ class Sampling:
     max_new_tokens: int = 256 # largest number of response tokens
     greedy: bool = False # argmax decoding instead of sampling
     seed: int = 0 # run seed: each sequence's noise derives from it and the sequence's own key
+    min_new_tokens: int = 0 # end tokens are suppressed before this many tokens (benchmarks that need equal lengths)
 
     def __post_init__(self):
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens <= 0:
             raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
         if not self.greedy and not self.temperature > 0: raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if not 0 < self.top_p <= 1: raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"min_new_tokens must be in [0, max_new_tokens={self.max_new_tokens}], got {self.min_new_tokens}")
 
     def generation_config(self, pad_token_id: int, eos_token_id: list[int]) -> GenerationConfig:
         "A complete `GenerationConfig` (nothing inherited from the model): always argmax; sampling is in `sampling_processors`."
-        return GenerationConfig(max_new_tokens=self.max_new_tokens, min_new_tokens=0, pad_token_id=pad_token_id,
+        return GenerationConfig(max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens, pad_token_id=pad_token_id,
                                 eos_token_id=eos_token_id, do_sample=False, repetition_penalty=1.0, num_beams=1,
                                 use_cache=True)
 
@@ -515,20 +518,33 @@ def _record(r: _Rows, tok: torch.Tensor, stop: torch.Tensor):
     r.done = r.done | (live & (torch.isin(tok, stop) | (r.steps >= W)))
     r.last = tok
 
+def _no_end_yet(logits: torch.Tensor, steps: torch.Tensor, sampling: Sampling, stop: torch.Tensor) -> torch.Tensor:
+    "Logits with the end tokens at -inf in rows that have fewer than `sampling.min_new_tokens` tokens."
+    if not sampling.min_new_tokens: return logits
+    logits = logits.clone()
+    early = (steps < sampling.min_new_tokens)[:, None]
+    logits[:, stop] = torch.where(early, -torch.inf, logits[:, stop])
+    return logits
+
+def _cache_kw(model) -> str:
+    "The name under which the model's forward takes its KV cache: `cache` (transformers >= 5.2x) or `past_key_values`."
+    import inspect
+    return "cache" if "cache" in inspect.signature(base_model(model).forward).parameters else "past_key_values"
+
 def _prefill(model, keys, prompts, seeds, sampling, stop, pad, device) -> _Rows:
     "One forward over the left-padded prompts into a fresh cache, and each row's first token."
     from transformers import DynamicCache
     ids, mask = left_pad(prompts, pad, device)
     cache = DynamicCache()
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), past_key_values=cache,
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), **{_cache_kw(model): cache},
                 use_cache=True, logits_to_keep=1)
     B = len(keys)
     seeds = torch.tensor(seeds, dtype=torch.int64, device=device)
     steps = torch.zeros(B, dtype=torch.int64, device=device)
-    r = _Rows(list(keys), out.past_key_values, mask, mask.sum(-1), seeds, steps, None,
+    r = _Rows(list(keys), cache, mask, mask.sum(-1), seeds, steps, None,
               torch.zeros(B, dtype=torch.bool, device=device),
               torch.full((B, sampling.max_new_tokens), pad, dtype=torch.long, device=device))
-    _record(r, next_tokens(out.logits[:, -1], sampling, seeds, steps), stop)
+    _record(r, next_tokens(_no_end_yet(out.logits[:, -1], steps, sampling, stop), sampling, seeds, steps), stop)
     return r
 
 def _step_mask(mask: torch.Tensor, # [B, T] attention mask, 1 on real tokens
@@ -544,9 +560,9 @@ def _decode_step(model, r: _Rows, sampling, stop, pad):
     # a 2D mask would make transformers check it for padding on the host (`fast_all`) at every step
     dtype = next(base_model(model).parameters()).dtype
     out = model(input_ids=feed[:, None], attention_mask=_step_mask(r.mask, dtype), position_ids=r.pos[:, None],
-                past_key_values=r.cache, use_cache=True)
+                use_cache=True, **{_cache_kw(model): r.cache})
     r.pos = r.pos + 1
-    _record(r, next_tokens(out.logits[:, -1], sampling, r.seeds, r.steps), stop)
+    _record(r, next_tokens(_no_end_yet(out.logits[:, -1], r.steps, sampling, stop), sampling, r.seeds, r.steps), stop)
 
 def _can_regroup(cache) -> bool:
     "Whether rows can leave and join this cache: every layer a plain DynamicLayer (no sliding window, quantisation...)."
