@@ -14,12 +14,12 @@ from pathlib import Path
 from .pipeline import StudyConfig, UserError, load_config, sweep_settings, count_trainings
 
 # %% auto #0
-__all__ = ['GiB', 'ACCELERATORS', 'SUPPORTED', 'OPTIMIZERS', 'LORA_TARGETS', 'DTYPE_BYTES', 'MARGIN', 'LEVERS', 'Accelerator',
-           'matmul_rate', 'copy_bandwidth', 'this_cpu', 'ModelConfigError', 'ModelShape', 'shape_from_config',
-           'read_model_config', 'model_shape', 'Training', 'lora_params', 'saved_per_token', 'activation_bytes',
-           'train_memory', 'train_flops', 'train_step_time', 'Generation', 'generation_memory', 'generation_time',
-           'fit_status', 'training_fix', 'generation_fix', 'study_stages', 'default_accelerators', 'resource_plan',
-           'plan_markdown', 'compare_measured']
+__all__ = ['GiB', 'H200_STEP_FLOOR_PER_BLOCK', 'H200_MFU', 'ACCELERATORS', 'SUPPORTED', 'OPTIMIZERS', 'LORA_TARGETS',
+           'DTYPE_BYTES', 'MARGIN', 'LEVERS', 'Accelerator', 'matmul_rate', 'copy_bandwidth', 'this_cpu',
+           'ModelConfigError', 'ModelShape', 'shape_from_config', 'read_model_config', 'model_shape', 'Training',
+           'lora_params', 'saved_per_token', 'activation_bytes', 'train_memory', 'train_flops', 'train_step_time',
+           'Generation', 'generation_memory', 'generation_time', 'fit_status', 'training_fix', 'generation_fix',
+           'study_stages', 'default_accelerators', 'resource_plan', 'plan_markdown', 'compare_measured']
 
 # %% ../nbs/11_resources.ipynb #307da510
 GiB = 2 ** 30
@@ -45,13 +45,24 @@ class Accelerator:
     @property
     def usable(self) -> int: return self.memory - self.reserved
 
+# Measured on one H200 (2026-12-04, torch 2.11, transformers 5.25, a random-weight Qwen2.5-7B shape in bf16): a decoding
+# step of transformers' own sampled `generate` at batch 64 takes 32.3 ms, 6x its roofline: kernel launches and Python,
+# about 1.15 ms per decoder block whatever the batch; the LoRA r8 and full training steps at the reference settings
+# take 1.96x and 1.95x the time the 40 % MFU assumption gives (0.47 s, 0.62 s). The Hopper GPUs carry both measurements
+# (same chip); the A100 keeps the datasheet assumption and the same host-bound floor.
+H200_STEP_FLOOR_PER_BLOCK = 32.3e-3 / 28
+H200_MFU = 0.4 / 1.955
+
 ACCELERATORS = {
     "A100-80GB": Accelerator("A100-80GB", dict(bfloat16=312e12, float32=19.5e12), 2.039e12, 81920 * 2**20,
-        note="A100 SXM4 80GB: 312 TFLOP/s dense bf16, 19.5 TFLOP/s fp32 (TF32 off, torch's default), 2.04 TB/s"),
+        step_floor_per_block=H200_STEP_FLOOR_PER_BLOCK,
+        note="A100 SXM4 80GB: 312 TFLOP/s dense bf16, 19.5 TFLOP/s fp32 (TF32 off, torch's default), 2.04 TB/s; step floor as measured on an H200"),
     "H100-80GB": Accelerator("H100-80GB", dict(bfloat16=989.4e12, float32=66.9e12), 3.35e12, 81559 * 2**20,
-        note="H100 SXM5 80GB: 989 TFLOP/s dense bf16, 67 TFLOP/s fp32, 3.35 TB/s"),
+        mfu=H200_MFU, step_floor_per_block=H200_STEP_FLOOR_PER_BLOCK,
+        note="H100 SXM5 80GB: 989 TFLOP/s dense bf16, 67 TFLOP/s fp32, 3.35 TB/s; MFU and step floor as measured on an H200"),
     "H200-141GB": Accelerator("H200-141GB", dict(bfloat16=989.4e12, float32=66.9e12), 4.8e12, 143771 * 2**20,
-        note="H200 SXM 141GB: H100's compute, 4.8 TB/s"),
+        mfu=H200_MFU, step_floor_per_block=H200_STEP_FLOOR_PER_BLOCK,
+        note="H200 SXM 141GB: H100's compute, 4.8 TB/s; MFU 20 % and a 1.15 ms/block step floor measured on one (2026-12-04)"),
 }
 
 # %% ../nbs/11_resources.ipynb #564cf104
