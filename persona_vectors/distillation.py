@@ -472,9 +472,10 @@ def save_baked(model: nn.Module, # a model from `bake_steering`
 def load_baked(path: str | Path, # a directory written by `save_baked`
                dtype=None, # as `load_model`
                device=None, # as `load_model`
+               use_kernels: bool = False, # as `load_model`
               ):
     "Load a baked model, re-injecting the bias where the architecture drops it; checks the bias either way."
-    model, tok = load_model(str(path), dtype=dtype, device=device)
+    model, tok = load_model(str(path), dtype=dtype, device=device, use_kernels=use_kernels)
     rec = getattr(model.config, "persona_steering_bias", None)
     if not rec: raise ValueError(f"{path} is not a baked model (its config has no persona_steering_bias)")
     bias = load_file(str(Path(path)/BAKED_BIAS_FILE))["bias"]
