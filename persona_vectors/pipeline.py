@@ -210,6 +210,18 @@ def validate_config(raw: dict, # the config as a dict
             else: lines.append(f"{source}: {key}: {err['msg']} (got {err.get('input')!r})")
         raise ConfigError("\n".join(lines)) from None
 
+def _as_recorded(cfg: BaseModel, # a validated config (or section)
+                 raw: dict, # the recorded config it was validated from
+                ) -> BaseModel:
+    "`cfg` with each value that equals the record but prints differently (50 vs 50.0) as recorded, so stage keys match."
+    upd = {}
+    for k, v in raw.items():
+        cur = getattr(cfg, k, None)
+        if isinstance(cur, BaseModel) and isinstance(v, dict):
+            if (sub := _as_recorded(cur, v)) is not cur: upd[k] = sub
+        elif cur == v and json.dumps(cur, default=str) != json.dumps(v, default=str): upd[k] = v
+    return cfg.model_copy(update=upd) if upd else cfg
+
 def load_config(path: str | Path, # a TOML file, a run directory or its recorded config.json, or a shipped config's name ('demo', ...)
                 overrides: list[str] = (), # 'section.key=value' overrides
                ) -> StudyConfig:
@@ -222,8 +234,12 @@ def load_config(path: str | Path, # a TOML file, a run directory or its recorded
     else:
         try: raw = tomllib.loads(p.read_text())
         except tomllib.TOMLDecodeError as e: raise ConfigError(f"{p}: not valid TOML ({e})") from None
+    recorded = copy.deepcopy(raw) if p.suffix == ".json" else None
     for o in overrides: _set_dotted(raw, *parse_override(o))
-    return validate_config(raw, str(p))
+    cfg = validate_config(raw, str(p))
+    # a default is recorded as it was (an int 50 in a float field), a value read back is validated (50.0): keep the
+    # record's form, or the rerun's stage keys (hashes of these values) would differ from the run's
+    return _as_recorded(cfg, recorded) if recorded is not None else cfg
 
 def config_dir() -> Path:
     "The configs shipped inside the package (`configs/` at the top of the repository is a link to it)."
