@@ -10,7 +10,7 @@ from small_study import SMALL
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TQDM_DISABLE="1")
-# the small study and two steps of a LoRA student (trajectories, training, its evaluation)
+# the small study and two steps of a LoRA student (trajectories, training with activation checkpointing, its evaluation)
 CONFIG = SMALL.replace('"sweeps", "report"]', '"sweeps", "distillation", "report"]') + '''[distillation]
 variants = ["lora4"]
 n_trajectories = 8
@@ -21,6 +21,7 @@ batch_size = 2
 grad_accum = 1
 n_heldout = 2
 bake = false
+gradient_checkpointing = true
 '''
 
 
