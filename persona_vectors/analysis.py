@@ -611,6 +611,7 @@ def headline(directory: str | Path, # a run directory
 # %% ../nbs/07_analysis.ipynb #f38d2f9e
 DEMO_FILES = ("config.json", "manifest.json", "log.txt", "report.md", "report.html", "tables/*", "figures/*.png", "figures/*.pdf",
               "steer/*/*.jsonl", "distilled/*/eval/*.jsonl", "counts/*/eval/*.jsonl", "baselines/*/*.jsonl", "vector/*.json",
+              "vector/*.safetensors",  # the persona vector itself (210 KB on SmolLM2): what the README's quick start loads
               "operating_point/*/*.json", "diagnostics/*.csv", "vector_methods/*.csv", "vector_methods/*.json", "vector_methods/*/*.jsonl",
               "monitoring/data/*.jsonl", "monitoring/screening/*", "monitoring/finetune/*/eval/*.jsonl",
               "monitoring/finetune/*/train/finetune.json", "monitoring/suppression/*/*.jsonl")
@@ -618,7 +619,7 @@ DEMO_FILES = ("config.json", "manifest.json", "log.txt", "report.md", "report.ht
 def refresh_demo_run(dest: str | Path, # where the copy goes (the docs use nbs/demo_run)
                      source: str | Path = "runs/demo", # a finished run directory
                     ) -> Path:
-    "Copy a run's small files (config, manifest, log, report.md and .html, tables, PNG and PDF figures, evaluation answers and scores) for the docs."
+    "Copy a run's small files (config, manifest, log, report.md and .html, tables, figures, the persona vector, evaluation answers and scores) for the docs."
     import shutil
     src, dest = Path(source), Path(dest)
     if not (src/"manifest.json").exists(): raise FileNotFoundError(f"{src} is not a run directory (no manifest.json)")

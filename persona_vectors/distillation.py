@@ -26,8 +26,9 @@ from .kl_losses import TopK, kl_on_response_from_hidden
 
 # %% auto #0
 __all__ = ['TEACHERS', 'BAKED_BIAS_FILE', 'eval_mode', 'adapters_disabled', 'SaveAtEnd', 'DistillTrainer', 'DistillConfig',
-           'lora_student', 'param_counts', 'training_arguments', 'distill_trainer', 'Distilled', 'step_totals',
-           'last_complete_checkpoint', 'distill', 'distill_flops', 'bake_steering', 'save_baked', 'load_baked']
+           'lora_student', 'param_counts', 'checkpointing_args', 'enable_checkpointing', 'training_arguments',
+           'distill_trainer', 'Distilled', 'step_totals', 'last_complete_checkpoint', 'distill', 'distill_flops',
+           'bake_steering', 'save_baked', 'load_baked']
 
 # %% ../nbs/05c_distillation.ipynb #41a77d5b
 @contextlib.contextmanager
@@ -243,6 +244,21 @@ def _check_steering(records: Sequence[dict], steering: Steering):
         if r.get("steering") is not None and r["steering"] != want:
             raise ValueError(f"trajectory {r.get('id')} was sampled under steering {r['steering']}, but the teacher is {want}")
 
+def checkpointing_args(on: bool, # recompute activations in the backward pass
+                      ) -> dict:
+    "`TrainingArguments`' checkpointing switch (non-reentrant) under this transformers' name: activation_* from 5.2x, gradient_* before."
+    import dataclasses
+    pre = "activation" if "activation_checkpointing" in {f.name for f in dataclasses.fields(TrainingArguments)} else "gradient"
+    return {f"{pre}_checkpointing": bool(on), f"{pre}_checkpointing_kwargs": {"use_reentrant": False}}
+
+def enable_checkpointing(model: nn.Module, # a transformers model (PEFT-wrapped included)
+                        ) -> nn.Module:
+    "Turn on non-reentrant activation checkpointing under either name transformers has given it."
+    m = unwrap(model)
+    if hasattr(m, "activation_checkpointing_enable"): m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else: m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
 def training_arguments(config: DistillConfig, # the run's configuration
                        output_dir: str | Path, # where checkpoints go
                        progress: bool = True, # progress bar and log lines
@@ -252,8 +268,8 @@ def training_arguments(config: DistillConfig, # the run's configuration
     kw = dict(output_dir=str(output_dir), max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
               gradient_accumulation_steps=config.grad_accum, learning_rate=config.lr(), lr_scheduler_type=config.lr_scheduler,
               warmup_steps=config.warmup_steps, weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
-              seed=config.seed, data_seed=config.seed, bf16=bf16, activation_checkpointing=config.gradient_checkpointing,
-              activation_checkpointing_kwargs={"use_reentrant": False}, save_strategy="steps", save_steps=config.save_steps,
+              seed=config.seed, data_seed=config.seed, bf16=bf16, **checkpointing_args(config.gradient_checkpointing),
+              save_strategy="steps", save_steps=config.save_steps,
               save_total_limit=config.save_total_limit, logging_steps=config.logging_steps, report_to="none",
               remove_unused_columns=False, label_names=["loss_mask"], dataloader_num_workers=0, disable_tqdm=not progress,
               dataloader_pin_memory=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available())  # use_cpu: gloo DDP on CPU
@@ -472,9 +488,10 @@ def save_baked(model: nn.Module, # a model from `bake_steering`
 def load_baked(path: str | Path, # a directory written by `save_baked`
                dtype=None, # as `load_model`
                device=None, # as `load_model`
+               use_kernels: bool = False, # as `load_model`
               ):
     "Load a baked model, re-injecting the bias where the architecture drops it; checks the bias either way."
-    model, tok = load_model(str(path), dtype=dtype, device=device)
+    model, tok = load_model(str(path), dtype=dtype, device=device, use_kernels=use_kernels)
     rec = getattr(model.config, "persona_steering_bias", None)
     if not rec: raise ValueError(f"{path} is not a baked model (its config has no persona_steering_bias)")
     bias = load_file(str(Path(path)/BAKED_BIAS_FILE))["bias"]

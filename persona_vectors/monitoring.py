@@ -721,16 +721,15 @@ def monitored_finetune(self: Study, name: str, # 'mix<f>', 'prevent<coef>' or 'a
                        ablation: bool = False, # ablate the direction while training instead
                       ):
     "Stage `monitoring/finetune/<name>`: fine-tune a fresh base model on a mixture, evaluate it hook-free, measure its shift."
-    from persona_vectors.models import load_model
     from persona_vectors.steering import evaluate, EVAL_KEY
-    ev, c = self.cfg.evaluation, self.cfg.model
+    ev = self.cfg.evaluation
     cfg = _finetune_config(self)
     inputs = dict(fraction=fraction, prevention=prevention, ablation=ablation, layer=self.cfg.monitoring.layer, config=asdict(cfg),
                   evaluation=ev.model_dump(), judge=self.judge_inputs())
     def fn(out):
         m, t = self.model(); tr = self.trait()
         vec, layer = self.steering_vector(), self.monitoring_layer()
-        student, _ = load_model(c.name, dtype=m.dtype, device=None if c.device == "auto" else c.device)
+        student, _ = self.load(dtype=m.dtype)
         hook = (Ablation(vec, [layer]) if ablation else [Steering(vec, layer, prevention, "all")] if prevention else None)
         ft = finetune(student, t, self.run.path("monitoring/data")/f"mixture_{fraction:g}.jsonl", out/"train", cfg, prevention=hook,
                       progress=self.progress)
@@ -750,13 +749,12 @@ def suppression(self: Study, alpha: float, # the steering coefficient (negative 
                ):
     "Stage `monitoring/suppression/a<alpha>`: the fraction-1 fine-tune evaluated while steered at the monitoring layer."
     from peft import PeftModel
-    from persona_vectors.models import load_model
     from persona_vectors.steering import evaluate
-    ev, c, st = self.cfg.evaluation, self.cfg.model, self.cfg.steering
+    ev, st = self.cfg.evaluation, self.cfg.steering
     inputs = dict(alpha=alpha, positions=st.positions, evaluation=ev.model_dump(), judge=self.judge_inputs())
     def fn(out):
         m, t = self.model(); tr = self.trait()
-        base, _ = load_model(c.name, dtype=m.dtype, device=None if c.device == "auto" else c.device)
+        base, _ = self.load(dtype=m.dtype)
         tuned = PeftModel.from_pretrained(base, str(self.run.path("monitoring/finetune/mix1")/"train"/"adapter")).eval()
         s = Steering(self.steering_vector(), self.monitoring_layer(), alpha, st.positions)
         _, summ = evaluate(tuned, t, tr.eval_questions[:ev.n_questions], n=ev.n_samples, sampling=self.sampling(ev, 1), settings=[s],

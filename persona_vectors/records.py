@@ -15,6 +15,15 @@ from .parallel import is_main
 __all__ = ['STOP', 'atomic_write', 'write_json', 'read_json', 'Interrupted', 'RecordLog']
 
 # %% ../nbs/09_records.ipynb #5f181f85
+def _umask() -> int:
+    "The process's umask, read without changing it where Linux shows it (/proc/self/status)."
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"): return int(line.split()[1], 8)
+    except OSError: pass
+    m = os.umask(0o022); os.umask(m)  # elsewhere: set and restore at once
+    return m
+
 def atomic_write(path: str | Path, # destination file
                  data: str | bytes, # whole contents
                 ) -> Path:
@@ -24,6 +33,7 @@ def atomic_write(path: str | Path, # destination file
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: give the file the mode an ordinary write would
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data); f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -77,3 +77,21 @@ def test_gap_run_report_is_rebuilt_identically(tmp_path):
     for t in sorted((src/"tables").iterdir()): assert (copy/"tables"/t.name).read_bytes() == t.read_bytes(), t.name
     rep = (src/"report.md").read_text()
     assert "## Objectives at equal compute" in rep and "## Where the gap lives" in rep and "## The open question" in rep
+
+
+@pytest.mark.slow
+def test_readme_quick_start_runs_on_the_committed_vector():
+    "The committed run holds its persona vector (the file its manifest lists), and the README's quick start steers with it."
+    import hashlib
+    vec = DEMO/"vector"/"persona.safetensors"
+    assert vec.exists(), "nbs/demo_run/vector/persona.safetensors is missing: refresh the run with refresh_demo_run (07_analysis), which copies it"
+    listed = json.loads((DEMO/"manifest.json").read_text())["vector"]["outputs"]["persona.safetensors"]
+    assert hashlib.sha256(vec.read_bytes()).hexdigest() == listed["sha256"], "nbs/demo_run/vector/persona.safetensors is not the file its manifest lists"
+    code = re.search(r"## Quick start in Python\n\n```python\n(.*?)```", (ROOT/"README.md").read_text(), re.S)[1]
+    assert "runs/demo/vector/persona.safetensors" in code, code
+    said = []
+    exec(compile(code.replace("runs/demo/vector/persona.safetensors", str(vec)), "README.md quick start", "exec"),
+         {"print": lambda *a, **k: said.append(" ".join(map(str, a)))})
+    assert len(said) == 2 and all(s.strip() for s in said), said  # the plain answer, then the steered one
+    assert said[0] != said[1], said  # greedy decoding: the steering changed the answer
+    print(*said, sep="\n---\n")
