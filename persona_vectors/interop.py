@@ -396,7 +396,7 @@ def vector_methods(self: Study):
             _, summ = evaluate(m, t, tr.eval_questions[:ev.n_questions], n=ev.n_samples, sampling=self.sampling(ev, 1),
                                settings=[Steering(v, L, A, st.positions)], monitor=self.monitor(), judge=self.judge(),
                                trait=tr if self.judge() else None, label=f"{k}_{steer_stage(L, A).split('/')[1]}", store=out,
-                               batch_size=ev.batch_size, progress=self.progress)
+                               batch_size=self.generate_batch(ev), progress=self.progress)
             return summ
         self.run.stage(f"vector_methods/{k}", dict(seed=self.cfg.seed, **ev.model_dump(), positions=st.positions, judge=self.judge_inputs(),
                        layer=L, alpha=A), ["vector_methods", "vector"], fn)

@@ -712,14 +712,17 @@ def generate_logged(model: PreTrainedModel, # a causal LM (plain or PEFT-wrapped
                     jobs: Sequence[dict], # one dict per answer: `prompt_ids` plus fields identifying it (kept in the record)
                     log=None, # a `records.RecordLog` keyed on the identifying fields, or None to keep records in memory
                     sampling: Sampling = Sampling(), # explicit sampling parameters (recorded)
-                    batch_size: int = 16, # sequences per forward batch
-                    chunk_size: int = 64, # jobs per durable write (the answers do not depend on it)
+                    batch_size: int | str = 16, # most sequences decoded at once; 'auto': the most the device's memory fits
+                    chunk_size: int = 64, # jobs per durable write, at least one batch (the answers do not depend on it)
                     context: Callable[[], object] | None = None, # context manager factory (e.g. a steerer)
                     desc: str = "generate", # progress bar label
                     progress: bool = True, # show a progress bar
                    ) -> list[dict]:
     "Generate one answer per job, seeded by its identifying fields, appending chunks to `log`; return the records in job order."
     if chunk_size < 1: raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if batch_size == "auto" and jobs:
+        batch_size = auto_batch_size(model, max(len(j["prompt_ids"]) for j in jobs), sampling.max_new_tokens)
+    if isinstance(batch_size, int): chunk_size = max(chunk_size, batch_size)  # a chunk smaller than the batch would cap it
     ident = [json.dumps({k: v for k, v in j.items() if k != "prompt_ids"}, sort_keys=True) for j in jobs]
     if len(set(ident)) < len(ident):
         dup = next(x for x in ident if ident.count(x) > 1)

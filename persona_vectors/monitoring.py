@@ -669,7 +669,7 @@ def monitoring_data(self: Study):
         m, t = self.model(); tr = self.trait()
         qs = tr.extract_questions[e.n_questions:]
         smp = Sampling(temperature=e.temperature, top_p=e.top_p, max_new_tokens=mc.max_new_tokens, seed=self.cfg.seed + 5)
-        rows = {side: trait_answers(m, t, tr, side, qs, mc.n_per_question, smp, self.cfg.evaluation.batch_size,
+        rows = {side: trait_answers(m, t, tr, side, qs, mc.n_per_question, smp, self.generate_batch(self.cfg.evaluation),
                                     log=out/f"{side}_answers.jsonl", progress=self.progress) for side in ("pos", "neg")}
         write_chat_dataset(out/"trait.jsonl", rows["pos"], t); write_chat_dataset(out/"control.jsonl", rows["neg"], t)
         for f in mc.fractions:
@@ -690,7 +690,7 @@ def screening(self: Study):
         vec, layer = self.steering_vector(), self.monitoring_layer()
         rows = read_chat_dataset(d/"trait.jsonl", t) + read_chat_dataset(d/"control.jsonl", t)
         smp = Sampling(temperature=e.temperature, top_p=e.top_p, max_new_tokens=mc.max_new_tokens, seed=self.cfg.seed + 6)
-        base = base_answers(m, t, rows, smp, self.cfg.evaluation.batch_size, log=out/"base_answers.jsonl", progress=self.progress)
+        base = base_answers(m, t, rows, smp, self.generate_batch(self.cfg.evaluation), log=out/"base_answers.jsonl", progress=self.progress)
         pd_ = projection_difference(m, t, rows, base, vec, layer, self.cfg.evaluation.batch_size, progress=self.progress)
         key = lambda r: (r["meta"]["side"], prompt_key(r["messages"][:-1]), r["meta"]["sample_index"])
         delta = {key(r): x for r, x in zip(rows, pd_["delta"])}
@@ -735,7 +735,7 @@ def monitored_finetune(self: Study, name: str, # 'mix<f>', 'prevent<coef>' or 'a
                       progress=self.progress)
         recs, summ = evaluate(ft.model, t, tr.eval_questions[:ev.n_questions], n=ev.n_samples, sampling=self.sampling(ev, 1),
                               monitor=self.monitor(), judge=self.judge(), trait=tr if self.judge() else None, label=name,
-                              store=out/"eval", batch_size=ev.batch_size, progress=self.progress)
+                              store=out/"eval", batch_size=self.generate_batch(ev), progress=self.progress)
         base = RecordLog(self.run.path("steer/base")/"answers.jsonl", EVAL_KEY).records
         sh = activation_shift(None, ft.model, t, None, vec, layer, answers=dict(base=base, tuned=recs), batch_size=ev.batch_size)
         del ft, student
@@ -759,7 +759,7 @@ def suppression(self: Study, alpha: float, # the steering coefficient (negative 
         s = Steering(self.steering_vector(), self.monitoring_layer(), alpha, st.positions)
         _, summ = evaluate(tuned, t, tr.eval_questions[:ev.n_questions], n=ev.n_samples, sampling=self.sampling(ev, 1), settings=[s],
                            monitor=self.monitor(), judge=self.judge(), trait=tr if self.judge() else None, label=f"mix1 steered {alpha:g}",
-                           store=out, batch_size=ev.batch_size, progress=self.progress)
+                           store=out, batch_size=self.generate_batch(ev), progress=self.progress)
         del tuned, base
         return dict(summ, alpha=alpha)
     return self.run.stage(f"monitoring/suppression/a{alpha:g}", inputs, ["monitoring/finetune/mix1"], fn)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal, Optional, Any, Union
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator, model_serializer
 
 from .records import atomic_write, write_json, read_json
 from .parallel import is_main, barrier, world_size
@@ -62,10 +62,23 @@ class ExtractionConfig(_Section):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(0.95, gt=0, le=1)
     batch_size: int = Field(16, ge=1)
+    generate_batch_size: Union[int, Literal["auto"], None] = None # sequences decoded at once (None: batch_size; 'auto': the most the GPU's memory fits); answers do not depend on it
     trait_threshold: float = 50 # filtering: pos trait >= this, neg trait < this
     coherence_threshold: float = 50 # filtering: both coherence >= this
     variant: Literal["response_avg", "prompt_avg", "prompt_last"] = "response_avg" # which vector steers
     methods: list[Literal["pca_diff", "pca_center", "probe"]] = [] # other vector methods compared with the mean difference (14_interop); []: none
+
+    @field_validator("generate_batch_size")
+    @classmethod
+    def _gbs(cls, v):
+        if isinstance(v, bool) or (isinstance(v, int) and v < 1): raise ValueError("expected a positive integer, 'auto' or nothing")
+        return v
+
+    @model_serializer(mode="wrap")
+    def _drop_unset(self, handler):  # unset, it is not recorded: the keys of runs made before it existed stay the same
+        d = handler(self)
+        if d.get("generate_batch_size", 0) is None: d.pop("generate_batch_size")
+        return d
 
 class SteeringConfig(_Section):
     "The steering setting of the study (and of the distillation teacher)."
@@ -91,6 +104,19 @@ class EvaluationConfig(_Section):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(0.95, gt=0, le=1)
     batch_size: int = Field(16, ge=1)
+    generate_batch_size: Union[int, Literal["auto"], None] = None # sequences decoded at once (None: batch_size; 'auto': the most the GPU's memory fits); answers do not depend on it
+
+    @field_validator("generate_batch_size")
+    @classmethod
+    def _gbs(cls, v):
+        if isinstance(v, bool) or (isinstance(v, int) and v < 1): raise ValueError("expected a positive integer, 'auto' or nothing")
+        return v
+
+    @model_serializer(mode="wrap")
+    def _drop_unset(self, handler):  # unset, it is not recorded: the keys of runs made before it existed stay the same
+        d = handler(self)
+        if d.get("generate_batch_size", 0) is None: d.pop("generate_batch_size")
+        return d
 
 class SweepConfig(_Section):
     "The coefficient and layer sweeps."
@@ -116,7 +142,7 @@ class DistillationConfig(_Section):
     learning_rate: float = Field(1e-4, gt=0) # LoRA learning rate
     full_learning_rate: float = Field(1e-5, gt=0) # full fine-tune learning rate
     full_optimizer: Literal["adamw_torch_fused", "adamw_torch", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit"] = "adamw_torch_fused" # full fine-tune's TrainingArguments.optim (8-bit: bitsandbytes)
-    gradient_checkpointing: bool = False # recompute activations in the backward pass: less memory, one more forward
+    gradient_checkpointing: Union[bool, Literal["full"]] = False # recompute activations in the backward pass: less memory, one more forward; 'full': only the full fine-tune
     lora_alpha_ratio: float = Field(2.0, gt=0) # lora_alpha = ratio * r
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -630,6 +656,10 @@ class Study:
         j = self.cfg.judge
         return {} if j.kind == "none" else dict(kind=j.kind, model=j.model, base_url=j.base_url, mode=j.mode)
 
+    def generate_batch(self, section) -> int | str:
+        "Sequences decoded at once in a generation stage: the section's generate_batch_size, else its batch_size."
+        return section.generate_batch_size or section.batch_size
+
     def sampling(self, section, seed_offset: int = 0):
         "Explicit sampling parameters from a config section."
         from persona_vectors.models import Sampling
@@ -702,7 +732,7 @@ def extraction(self: Study):
         from persona_vectors.records import RecordLog
         m, t = self.model(); tr = self.trait()
         qs = tr.extract_questions[:e.n_questions] if e.n_questions else tr.extract_questions
-        recs = contrastive_answers(m, t, tr, n=e.n_per_question, sampling=self.sampling(e), questions=qs, batch_size=e.batch_size,
+        recs = contrastive_answers(m, t, tr, n=e.n_per_question, sampling=self.sampling(e), questions=qs, batch_size=self.generate_batch(e),
                                    log=RecordLog(out/"answers.jsonl", CONTRASTIVE_KEY), progress=self.progress)
         lens = [len(r["response_ids"]) for r in recs]
         return dict(answers=len(recs), mean_tokens=sum(lens) / len(lens), finished=sum(r["finished"] for r in recs) / len(recs))
@@ -781,7 +811,7 @@ def steer_eval(self: Study, layer: int, alpha: float):
         settings = [] if alpha == 0 else [Steering(self.steering_vector(), layer, alpha, st.positions)]
         _, summ = evaluate(m, t, tr.eval_questions[:ev.n_questions], n=ev.n_samples, sampling=self.sampling(ev, 1), settings=settings,
                            monitor=self.monitor(), judge=self.judge(), trait=tr if self.judge() else None, label=name,
-                           store=out, batch_size=ev.batch_size, progress=self.progress)
+                           store=out, batch_size=self.generate_batch(ev), progress=self.progress)
         return summ
     return self.run.stage(name, inputs, ["vector"], fn)
 
@@ -878,7 +908,7 @@ def baselines(self: Study):
             tr = self.trait()
             _, summ = evaluate(m, t, tr.eval_questions[:ev.n_questions], n=ev.n_samples, sampling=self.sampling(ev, 1),
                                judge=self.judge(), trait=tr if self.judge() else None, label=name, store=out,
-                               batch_size=ev.batch_size, progress=self.progress)
+                               batch_size=self.generate_batch(ev), progress=self.progress)
             del m
             return dict(summ, model=name)
         self.run.stage(f"baselines/{_slug(name)}", inputs, ["artifacts"], fn)
@@ -952,13 +982,13 @@ def variant_config(variant: str, # 'loraR' or 'full', optionally with an objecti
     if variant == "full":
         return DistillConfig(method="full", max_steps=d.max_steps, batch_size=d.batch_size, grad_accum=d.grad_accum,
                              learning_rate=d.full_learning_rate, seed=seed, save_steps=max(1, d.max_steps // 5),
-                             gradient_checkpointing=d.gradient_checkpointing,
+                             gradient_checkpointing=bool(d.gradient_checkpointing),
                              training_args={} if d.full_optimizer == "adamw_torch_fused" else {"optim": d.full_optimizer})
     r = int(variant[4:])
     return DistillConfig(method="lora", r=r, lora_alpha=d.lora_alpha_ratio * r, lora_dropout=d.lora_dropout,
                          target_modules=list(d.target_modules), max_steps=d.max_steps, batch_size=d.batch_size,
                          grad_accum=d.grad_accum, learning_rate=d.learning_rate, seed=seed, save_steps=max(1, d.max_steps // 5),
-                         gradient_checkpointing=d.gradient_checkpointing)
+                         gradient_checkpointing=d.gradient_checkpointing is True)
 
 @patch
 def _evaluate_student(self: Study, student, out: Path, label: str, base=None, student_settings=()) -> dict:
@@ -975,7 +1005,7 @@ def _evaluate_student(self: Study, student, out: Path, label: str, base=None, st
                          student_settings=student_settings, batch_size=ev.batch_size, progress=False)
     _, summ = evaluate(student, t, tr.eval_questions[:ev.n_questions], n=ev.n_samples, sampling=self.sampling(ev, 1),
                        settings=student_settings, monitor=self.monitor(), judge=self.judge(), trait=tr if self.judge() else None,
-                       label=label, store=out, batch_size=ev.batch_size, progress=self.progress)
+                       label=label, store=out, batch_size=self.generate_batch(ev), progress=self.progress)
     pc = param_counts(student)
     own = {}
     if self.cfg.distillation.own_samples:  # the same gap on the student's own samples: the evaluation answers it just wrote

@@ -19,7 +19,7 @@ __all__ = ['GiB', 'H200_STEP_FLOOR_PER_BLOCK', 'H200_MFU', 'ACCELERATORS', 'SUPP
            'ModelConfigError', 'ModelShape', 'shape_from_config', 'read_model_config', 'model_shape', 'Training',
            'lora_params', 'saved_per_token', 'activation_bytes', 'train_memory', 'train_flops', 'train_step_time',
            'Generation', 'generation_memory', 'generation_time', 'fit_status', 'training_fix', 'generation_fix',
-           'study_stages', 'default_accelerators', 'resource_plan', 'plan_markdown', 'compare_measured']
+           'study_stages', 'auto_batch', 'default_accelerators', 'resource_plan', 'plan_markdown', 'compare_measured']
 
 # %% ../nbs/11_resources.ipynb #307da510
 GiB = 2 ** 30
@@ -466,19 +466,23 @@ def study_stages(cfg: StudyConfig, # a validated config
     p_ext = _prompt_tokens(q + " " + i for q in qx for i in ins)
     p_ev, p_tr = _prompt_tokens(qe[:ev.n_questions]), _prompt_tokens(qx)
     per_eval = ev.n_questions * ev.n_samples
-    def evaluation(extra=0): return [Generation(per_eval, ev.batch_size, p_ev, ev.max_new_tokens, read=True, weight_bytes=wb, extra_weights=extra)]
+    gen_bs = lambda sec: {None: sec.batch_size, "auto": 0}.get(sec.generate_batch_size, sec.generate_batch_size)  # 0: 'auto', sized per device
+    def evaluation(extra=0):  # answers, and the monitor reading them back (one pass when both use one batch size)
+        if gen_bs(ev) == ev.batch_size: return [Generation(per_eval, ev.batch_size, p_ev, ev.max_new_tokens, read=True, weight_bytes=wb, extra_weights=extra)]
+        return [Generation(per_eval, gen_bs(ev), p_ev, ev.max_new_tokens, weight_bytes=wb, extra_weights=extra),
+                Generation(per_eval, ev.batch_size, p_ev, ev.max_new_tokens, generate=False, read=True, weight_bytes=wb, extra_weights=extra)]
     rows = []
     n_ext = nq * len(ins) * 2 * e.n_per_question
     if "extraction" in want:
         rows.append(dict(stage="extraction", what=f"{n_ext} answers x {e.max_new_tokens} tokens, batch {e.batch_size}",
-                         passes=[Generation(n_ext, e.batch_size, p_ext, e.max_new_tokens, weight_bytes=wb)]))
+                         passes=[Generation(n_ext, gen_bs(e), p_ext, e.max_new_tokens, weight_bytes=wb)]))
     if "vector" in want:
         rows.append(dict(stage="vector", what=f"read {n_ext} answers back, batch {e.batch_size}",
                          passes=[Generation(n_ext, e.batch_size, p_ext, e.max_new_tokens, generate=False, read=True, weight_bytes=wb)]))
     if "sweeps" in want:
         settings = sweep_settings(st, sw)  # with 'auto', as many as the chosen point will give
         rows.append(dict(stage="sweeps", what=f"{len(settings)} settings x {per_eval} answers x {ev.max_new_tokens} tokens, batch {ev.batch_size}",
-                         passes=[replace(evaluation()[0], answers=len(settings) * per_eval)]))
+                         passes=[replace(p, answers=len(settings) * per_eval) for p in evaluation()]))
     if "distillation" in want and (d.variants or d.trajectory_counts):
         n = max([d.n_trajectories] + list(d.trajectory_counts))
         rows.append(dict(stage="trajectories", what=f"{n} + {d.n_heldout} trajectories x {d.max_new_tokens} tokens, batch {ev.batch_size}",
@@ -487,10 +491,10 @@ def study_stages(cfg: StudyConfig, # a validated config
         def training(v):
             v = v.partition("-")[0]  # an objective suffix ('lora8-gkd') trains the same student
             if v == "full": return Training("full", d.batch_size, T, d.max_new_tokens, weight_bytes=wb, compute_bytes=compute_bytes, grad_accum=d.grad_accum,
-                                            optimizer=getattr(d, "full_optimizer", "adamw_torch_fused"), checkpointing=getattr(d, "gradient_checkpointing", False), study_model=True,
+                                            optimizer=getattr(d, "full_optimizer", "adamw_torch_fused"), checkpointing=bool(getattr(d, "gradient_checkpointing", False)), study_model=True,
                                             master_float32=wb < 4)
             return Training("lora", d.batch_size, T, d.max_new_tokens, r=int(v[4:]), targets=tuple(d.target_modules), weight_bytes=wb, compute_bytes=compute_bytes,
-                            grad_accum=d.grad_accum, checkpointing=getattr(d, "gradient_checkpointing", False), study_model=True)
+                            grad_accum=d.grad_accum, checkpointing=getattr(d, "gradient_checkpointing", False) is True, study_model=True)
         heldout = Generation(d.n_heldout, ev.batch_size, p_tr, d.max_new_tokens, generate=False, read=True, weight_bytes=wb, extra_weights=shape.params * wb)
         steps = f"{d.max_steps} steps x {d.grad_accum} x {d.batch_size} sequences of ~{T} tokens"
         for v in d.variants:
@@ -509,6 +513,20 @@ def study_stages(cfg: StudyConfig, # a validated config
     return rows
 
 # %% ../nbs/11_resources.ipynb #1daacc45
+def auto_batch(s: ModelShape, # the model
+               g: Generation, # a generation pass (its batch is ignored)
+               acc: Accelerator, # the device
+               limit: int = 1024, # the most rows `models.generate` takes with batch_size='auto'
+              ) -> int:
+    "The batch `batch_size='auto'` takes on `acc`: the largest whose generation memory fits with the margin."
+    lo, hi = 1, max(1, min(limit, g.answers))
+    fits = lambda b: fit_status(generation_memory(s, replace(g, batch=b, read=False))["peak"], acc) == "yes"
+    if not fits(1): return 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
+
 def default_accelerators() -> list[Accelerator]:
     "The named GPUs and this CPU."
     return list(ACCELERATORS.values()) + [this_cpu()]
@@ -532,6 +550,7 @@ def resource_plan(cfg: StudyConfig, # a validated config
             gen_peak, fix = 0, ""
             for sh in shapes:
                 for g in st["passes"]:
+                    if g.batch == 0: g = replace(g, batch=auto_batch(sh, g, acc))  # generate_batch_size = 'auto'
                     gm = generation_memory(sh, g)
                     gen_peak = max(gen_peak, gm["peak"])
                     t += generation_time(sh, g, acc, dtype)
