@@ -1,0 +1,1 @@
+cp .gpu/part01 .gpu/part02 /tmp/pv/ && ls -la /tmp/pv
