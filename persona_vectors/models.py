@@ -687,7 +687,8 @@ def generate(model: PreTrainedModel, # a causal LM (plain or PEFT-wrapped)
                         if ended: harvest(rows, ended)
                         live = [i for i, d in enumerate(done) if not d]
                         if not live: rows = None; continue
-                        if ended and regroupable and (queue or 4 * len(ended) >= len(done)):
+                        # drop ended rows when prompts wait, on a CPU (compute scales with rows), or once a quarter of a GPU batch ended
+                        if ended and regroupable and (queue or device.type == "cpu" or 4 * len(ended) >= len(done)):
                             rows = _keep_rows(rows, live)
                             if queue and batch_size > len(live): rows = _join_rows(rows, admit(batch_size - len(live))); st["forwards"] += 1
                     for _ in range(sync_every):
