@@ -54,19 +54,9 @@ class JudgeConfig(_Section):
     timeout: float = Field(30.0, gt=0) # seconds per request
     max_retries: int = Field(6, ge=0) # retries on 429 / 5xx / timeouts
 
-class ExtractionConfig(_Section):
-    "Contrastive answers and the persona vector."
-    n_per_question: int = Field(1, ge=1) # answers per (question, instruction pair, side)
-    n_questions: Optional[int] = Field(None, ge=1) # use the first n extraction questions (None: all)
-    max_new_tokens: int = Field(256, ge=1) # answer length
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(0.95, gt=0, le=1)
-    batch_size: int = Field(16, ge=1)
+class _Generating(_Section):
+    "A section whose stage generates: decoding may take its own batch, apart from reading answers back."
     generate_batch_size: Union[int, Literal["auto"], None] = None # sequences decoded at once (None: batch_size; 'auto': the most the GPU's memory fits); answers do not depend on it
-    trait_threshold: float = 50 # filtering: pos trait >= this, neg trait < this
-    coherence_threshold: float = 50 # filtering: both coherence >= this
-    variant: Literal["response_avg", "prompt_avg", "prompt_last"] = "response_avg" # which vector steers
-    methods: list[Literal["pca_diff", "pca_center", "probe"]] = [] # other vector methods compared with the mean difference (14_interop); []: none
 
     @field_validator("generate_batch_size")
     @classmethod
@@ -79,6 +69,19 @@ class ExtractionConfig(_Section):
         d = handler(self)
         if d.get("generate_batch_size", 0) is None: d.pop("generate_batch_size")
         return d
+
+class ExtractionConfig(_Generating):
+    "Contrastive answers and the persona vector."
+    n_per_question: int = Field(1, ge=1) # answers per (question, instruction pair, side)
+    n_questions: Optional[int] = Field(None, ge=1) # use the first n extraction questions (None: all)
+    max_new_tokens: int = Field(256, ge=1) # answer length
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    batch_size: int = Field(16, ge=1)
+    trait_threshold: float = 50 # filtering: pos trait >= this, neg trait < this
+    coherence_threshold: float = 50 # filtering: both coherence >= this
+    variant: Literal["response_avg", "prompt_avg", "prompt_last"] = "response_avg" # which vector steers
+    methods: list[Literal["pca_diff", "pca_center", "probe"]] = [] # other vector methods compared with the mean difference (14_interop); []: none
 
 class SteeringConfig(_Section):
     "The steering setting of the study (and of the distillation teacher)."
@@ -96,7 +99,7 @@ class SteeringConfig(_Section):
         if not ok: raise ValueError(f"expected {'an integer' if info.field_name == 'layer' else 'a number'} or 'auto'")
         return v
 
-class EvaluationConfig(_Section):
+class EvaluationConfig(_Generating):
     "How every model / setting is evaluated."
     n_questions: int = Field(20, ge=1) # evaluation questions
     n_samples: int = Field(10, ge=1) # samples per question
@@ -104,19 +107,6 @@ class EvaluationConfig(_Section):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(0.95, gt=0, le=1)
     batch_size: int = Field(16, ge=1)
-    generate_batch_size: Union[int, Literal["auto"], None] = None # sequences decoded at once (None: batch_size; 'auto': the most the GPU's memory fits); answers do not depend on it
-
-    @field_validator("generate_batch_size")
-    @classmethod
-    def _gbs(cls, v):
-        if isinstance(v, bool) or (isinstance(v, int) and v < 1): raise ValueError("expected a positive integer, 'auto' or nothing")
-        return v
-
-    @model_serializer(mode="wrap")
-    def _drop_unset(self, handler):  # unset, it is not recorded: the keys of runs made before it existed stay the same
-        d = handler(self)
-        if d.get("generate_batch_size", 0) is None: d.pop("generate_batch_size")
-        return d
 
 class SweepConfig(_Section):
     "The coefficient and layer sweeps."

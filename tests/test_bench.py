@@ -239,7 +239,7 @@ def test_gpu_check_smoke_on_cpu(tmp_path):
     assert abs(g["library_gap"]["bf16@16"] - g["bf16_study_gap"]) < 0.01  # the library's bf16 scoring, batched differently
     # the demo through the CLI on the tiny model, beside the committed run
     assert r["demo"]["ok"] and r["demo"]["run"]["variants"]["lora4"]["gap"] is not None
-    assert r["demo"]["committed"]["variants"]["lora8"]["gap"] > 0.7
+    assert r["demo"]["committed"]["variants"]["lora8"]["gap"] > 0.8
     auroc = r["demo"]["committed"]["auroc"]  # the committed demo run's, as its manifest records it
     assert 0.5 < auroc <= 1 and f"| held-out AUROC | {auroc:.3f} |" in (tmp_path/"gpu_check_smoke.md").read_text()
 
