@@ -30,7 +30,8 @@ def run(ctx: Ctx) -> list[dict]:
     vec = vec / vec.norm(dim=-1, keepdim=True) * 4.0
     s = Steering(vec, layer=L // 2, alpha=2.0, positions="response")
     sampling = Sampling(temperature=1.0, top_p=0.95, max_new_tokens=T, min_new_tokens=T, seed=0)  # equal lengths
-    return [steered_row(ctx, model, tok, prompts, s, sampling, B, T, repeats, L)] + sampler_rows(ctx, model, tok, B, T, repeats)
+    return ([steered_row(ctx, model, tok, prompts, s, sampling, B, T, repeats, L)] + sampler_rows(ctx, model, tok, B, T, repeats)
+            + [compiled_row(ctx, model, tok, prompts, s, sampling, B, T, repeats)])
 
 
 def steered_row(ctx, model, tok, prompts, s, sampling, B, T, repeats, L, ratio=None):
@@ -102,3 +103,17 @@ def sampler_rows(ctx: Ctx, model, tok, B: int, T: int, repeats: int) -> list[dic
                     f"to its longest answer (baseline), the same ids. Row-steps spent on ended rows: {share[True]:.1%} against "
                     f"{share[False]:.1%}.", higher_is_better=True, finished_share_project=share[True], finished_share_baseline=share[False]))
     return rows
+
+
+def compiled_row(ctx: Ctx, model, tok, prompts, s, sampling, B: int, T: int, repeats: int) -> dict:
+    "Steered sampled generation on the compiled path (static cache, compiled forward) against the eager path: tokens/s, the same ids."
+    def run(compile): return generate(model, tok, prompts, sampling=sampling, batch_size=B, context=steer(model, s), compile=compile, progress=False)
+    res = interleaved(dict(project=lambda: run(True), baseline=lambda: run(False)), repeats, ctx.device)  # the warm-up call compiles
+    assert [x.response_ids for x in res["project"]["result"]] == [x.response_ids for x in res["baseline"]["result"]], "compiled ids differ"
+    tps = {a: B * T / res[a]["median"] for a in res}
+    return row("steering", "compiled_generation_tokens_per_s", "tokens/s", tps["project"], tps["baseline"], "", None,
+               f"{ctx.model_name()}; steered ('response') sampled generation, batch {B}, {T} new tokens (end tokens suppressed): "
+               "the compiled path (`generate(compile=True)`: transformers' StaticCache, the decoding forward compiled by "
+               "`torch.compile`, the sampler eager) against the eager path (DynamicCache), the same ids; compile time in the "
+               f"untimed warm-up; median of {repeats} interleaved repeats. This row decides `model.compile`'s default on this device.",
+               higher_is_better=True, project_times=res["project"]["times"], baseline_times=res["baseline"]["times"])

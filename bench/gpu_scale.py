@@ -103,8 +103,11 @@ def decode_rows(model, tok, device, batch: int, prompt: int, new: int, repeats: 
             "ours sampled": lambda: generate(model, tok, ps, sampling=s_sampled, batch_size=batch, progress=False),
             "ours sampled steered": lambda: generate(model, tok, ps, sampling=s_sampled, batch_size=batch, progress=False,
                                                      context=steer(model, steering)),
+            "ours compiled sampled": lambda: generate(model, tok, ps, sampling=s_sampled, batch_size=batch, progress=False, compile=True),
+            "ours compiled sampled steered": lambda: generate(model, tok, ps, sampling=s_sampled, batch_size=batch, progress=False,
+                                                              context=steer(model, steering), compile=True),
             "transformers sampled": hf}
-    for f in runs.values(): f()  # warm-up
+    for f in runs.values(): f()  # warm-up (the compiled arms compile here)
     times = {k: [] for k in runs}
     order = list(runs)
     for r in range(repeats):
@@ -113,7 +116,9 @@ def decode_rows(model, tok, device, batch: int, prompt: int, new: int, repeats: 
     return dict(batch=batch, prompt=prompt, new=new, repeats=repeats, ms_per_step=ms,
                 ratio_sampled_vs_transformers=ms["ours sampled"] / ms["transformers sampled"],
                 ratio_steered_vs_sampled=ms["ours sampled steered"] / ms["ours sampled"],
-                ratio_greedy_vs_transformers=ms["ours greedy"] / ms["transformers sampled"])
+                ratio_greedy_vs_transformers=ms["ours greedy"] / ms["transformers sampled"],
+                ratio_compiled_vs_eager_sampled=ms["ours compiled sampled"] / ms["ours sampled"],
+                ratio_compiled_steered_vs_transformers=ms["ours compiled sampled steered"] / ms["transformers sampled"])
 
 
 def auto_row(model, tok, device, prompt: int, new: int, ms64: float | None) -> dict:
@@ -304,7 +309,8 @@ def markdown(res: dict) -> str:
         lines += [f"## Decode, batch {d['batch']}, {d['prompt']}-token prompts, {d['new']} new tokens (median of {d['repeats']})", "",
                   "| generation | ms / step |", "|---|---:|"] + [f"| {k} | {v:.1f} |" for k, v in d["ms_per_step"].items()] + [
                   "", f"ours sampled / transformers sampled: **{d['ratio_sampled_vs_transformers']:.2f}** (goal <= 1.2); "
-                  f"steered / unsteered: **{d['ratio_steered_vs_sampled']:.2f}** (goal <= 1.1)", ""]
+                  f"steered / unsteered: **{d['ratio_steered_vs_sampled']:.2f}** (goal <= 1.1); compiled / eager sampled: "
+                  f"**{d.get('ratio_compiled_vs_eager_sampled', float('nan')):.2f}** (below 1: turn `model.compile` on)", ""]
     if "auto_batch" in r:
         a = r["auto_batch"]
         lines += ["## Auto batch", "", f"batch {a['batch']} (used {a.get('used_batch')}): {a['ms_per_step']:.1f} ms/step, "

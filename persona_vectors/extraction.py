@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 from safetensors.torch import save_file, load_file
-from .models import (Sampling, chat_prompt_ids, generate_logged, decoder_layers, hidden_size, base_model, padded_batch)
+from .models import (Sampling, chat_prompt_ids, generate_logged, decoder_layers, hidden_size, base_model, padded_batch, output_head)
 from .records import atomic_write, write_json, read_json, RecordLog
 from .parallel import gather_shards, is_main
 
@@ -155,12 +155,10 @@ def _means_of(model, seqs, batch_size, logprob, pad_id, dtype, layers, progress,
             model(**batch, logits_to_keep=1)  # no hidden_states kept, no [B, T, vocab] logits
             if L in layers: reduce(layers.index(L), now["final"])
             if logprob:  # log-prob of response token t, from the head on the final hidden state at t-1, one sequence at a time
-                head, hN = model.get_output_embeddings(), now["final"]
-                cap = getattr(base_model(model).config, "final_logit_softcapping", None)  # Gemma 2's tanh cap on the logits
+                head, hN = output_head(model, upcast=True), now["final"]
                 lps = []
                 for b, (f, p) in enumerate(now["spans"]):  # a [n, hidden] product of this row alone (a fresh copy: same shape, same kernel)
-                    lg = up(head(hN[b, f + p - 1:-1].clone()))
-                    if cap: lg = torch.tanh(lg / cap) * cap
+                    lg = head(hN[b, f + p - 1:-1].clone())
                     lps.append(torch.log_softmax(lg, -1).gather(-1, ids[b, f + p:, None])[:, 0].double().mean())
                 out["response_logprob"][idx] = torch.stack(lps).cpu()
             now.pop("final", None)

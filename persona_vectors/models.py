@@ -7,7 +7,7 @@ Docs: https://persona-vectors.github.io/persona_vectors/models.html.md"""
 # %% ../nbs/00_models.ipynb #8e34199b
 from __future__ import annotations
 import os, json, shutil, tempfile, importlib.util, hashlib, copy, functools, warnings
-from contextlib import nullcontext
+from contextlib import nullcontext, contextmanager
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -23,9 +23,10 @@ from .parallel import map_sharded, is_main
 # %% auto #0
 __all__ = ['PACKAGED_MODELS', 'DEFAULT_MODEL', 'CHATML_TEMPLATE', 'TINY_ARCHS', 'cache_dir', 'packaged_model_dir',
            'default_device', 'prepare_tokenizer', 'load_model', 'tiny_model', 'chat_messages', 'chat_prompt_ids',
-           'base_model', 'decoder_layers', 'hidden_size', 'Sampling', 'Generation', 'eos_ids', 'left_pad',
-           'position_ids', 'padded_batch', 'reference_uniform', 'counter_uniform', 'gumbel_noise', 'GumbelNoise',
-           'sampling_processors', 'next_tokens', 'auto_batch_size', 'generate', 'generate_logged', 'chat']
+           'base_model', 'decoder_layers', 'hidden_size', 'unwrap', 'output_head', 'Sampling', 'Generation', 'eos_ids',
+           'left_pad', 'position_ids', 'padded_batch', 'reference_uniform', 'counter_uniform', 'gumbel_noise',
+           'GumbelNoise', 'sampling_processors', 'next_tokens', 'generation_phase', 'current_generation_phase',
+           'compile_decoding', 'auto_batch_size', 'generate', 'generate_logged', 'chat']
 
 # %% ../nbs/00_models.ipynb #87adec30
 def cache_dir() -> Path:
@@ -280,6 +281,24 @@ def hidden_size(model: nn.Module) -> int:
     cfg = base_model(model).config
     return getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd")
 
+def unwrap(model: nn.Module) -> nn.Module:
+    "The module inside DDP / FSDP / DeepSpeed wrappers (`.module`), PEFT wrappers left in place."
+    while isinstance(getattr(model, "module", None), nn.Module): model = model.module
+    return model
+
+def output_head(model: nn.Module, # plain, PEFT- or DDP-wrapped causal LM
+                upcast: bool = False, # bf16 / fp16 logits to float32 before the soft-cap (never down)
+               ) -> Callable[[torch.Tensor], torch.Tensor]:
+    "The function from final hidden states to logits: the LM head, then the final logit soft-cap where the model has one (Gemma 2)."
+    m = base_model(unwrap(model))
+    head = m.get_output_embeddings()
+    if head is None: raise ValueError(f"{type(m).__name__} has no output head")
+    cap = getattr(m.config, "final_logit_softcapping", None)
+    up = (lambda x: x if x.dtype in (torch.float32, torch.float64) else x.float()) if upcast else (lambda x: x)
+    if not cap: return head if not upcast else (lambda h: up(head(h)))
+    return lambda h: torch.tanh(up(head(h)) / cap) * cap
+
+
 # %% ../nbs/00_models.ipynb #d6ba9ece
 @dataclass(frozen=True)
 class Sampling:
@@ -407,10 +426,9 @@ def reference_uniform(seed: int, # a sequence seed (0 <= seed < 2^63)
     h = mix((k + _GAMMA * (token + 1)) & _U64)
     return ((h >> 11) + 0.5) * 2.0 ** -53
 
-@functools.lru_cache(maxsize=8)
-def _token_offsets(vocab: int, device: str) -> torch.Tensor:
-    "gamma * (token + 1) mod 2^64 for every token, as int64, kept on `device`."
-    return torch.tensor([_i64(_GAMMA * (t + 1)) for t in range(vocab)], dtype=torch.int64, device=device)
+def _token_offsets(vocab: int, device: torch.device) -> torch.Tensor:
+    "gamma * (token + 1) mod 2^64 for every token, int64 on `device` (the product wraps, as in `_mix64`)."
+    return torch.arange(1, vocab + 1, dtype=torch.int64, device=device) * _i64(_GAMMA)
 
 def _row_keys(seeds: torch.Tensor, steps) -> torch.Tensor:
     "Each row's key mix(seed + gamma * (step + 1)), int64, on `seeds`' device."
@@ -426,7 +444,7 @@ def counter_uniform(seeds: torch.Tensor, # [batch] int64 sequence seeds
                     vocab: int, # vocabulary size
                    ) -> torch.Tensor:
     "Uniforms in (0, 1), float64 [batch, vocab], a pure function of (seed, step, token), computed on `seeds`' device."
-    return _uniform_of(_row_keys(seeds, steps)[:, None], _token_offsets(vocab, str(seeds.device))[None, :])
+    return _uniform_of(_row_keys(seeds, steps)[:, None], _token_offsets(vocab, seeds.device)[None, :])
 
 def gumbel_noise(seeds: torch.Tensor, # [batch] int64 sequence seeds
                  steps: torch.Tensor | int, # [batch] tokens generated so far (or one int)
@@ -588,6 +606,80 @@ def _join_rows(a: _Rows, b: _Rows) -> _Rows:
     return _Rows(a.keys + b.keys, a.cache, cat(_lpad_dim(a.mask, T, 1), _lpad_dim(b.mask, T, 1)), cat(a.pos, b.pos),
                  cat(a.seeds, b.seeds), cat(a.steps, b.steps), cat(a.last, b.last), cat(a.done, b.done), cat(a.buf, b.buf))
 
+# %% ../nbs/00_models.ipynb #2f613234
+_PHASE = {"now": None}
+
+@contextmanager
+def generation_phase(phase: str | None, # 'prefill', 'decode', or None: hooks tell the phase from the cache's length
+                    ):
+    "Tell forward hooks (a steerer) which phase of generation the forward calls inside are: the compiled path's static cache cannot say it without a host read."
+    old, _PHASE["now"] = _PHASE["now"], phase
+    try: yield
+    finally: _PHASE["now"] = old
+
+def current_generation_phase() -> str | None:
+    "The phase `generation_phase` declared, or None."
+    return _PHASE["now"]
+
+def compile_decoding(model: PreTrainedModel, # the model whose `generate` calls should take the compiled path by default
+                     on: bool = True, # False: back to the eager path
+                    ) -> PreTrainedModel:
+    "Make the compiled decoding path the default of every `generate` call on `model` (the study's `model.compile`)."
+    model.pv_compile_decoding = bool(on)
+    return model
+
+# %% ../nbs/00_models.ipynb #3424dcaa
+def _static_forward(model, kw: str, cache, feed: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    "The last-position logits of one decoding forward over a static cache: fixed shapes, the part that is compiled."
+    dtype = next(base_model(model).parameters()).dtype
+    return model(input_ids=feed[:, None], attention_mask=_step_mask(mask, dtype), position_ids=pos[:, None],
+                 use_cache=True, **{kw: cache}).logits[:, -1]
+
+_COMPILED: dict = {}
+
+def _compiled_forward(device: torch.device):
+    "`_static_forward` compiled for a device type, once per process: CUDA graphs on a GPU, inductor's default elsewhere."
+    if device.type not in _COMPILED:
+        _COMPILED[device.type] = torch.compile(_static_forward, fullgraph=True, mode="reduce-overhead" if device.type == "cuda" else None)
+    return _COMPILED[device.type]
+
+def _static_rows(model, r: _Rows, B: int, C: int, pad: int) -> _Rows:
+    "A static batch of `B` rows and `C` cache columns holding the prefilled rows `r`; the other rows are empty (ended)."
+    from transformers import StaticCache
+    from transformers.cache_utils import StaticLayer
+    cache = StaticCache(config=base_model(model).config, max_cache_len=C)
+    if not all(type(l) is StaticLayer for l in cache.layers):
+        raise ValueError(f"compiled decoding needs full-attention cache layers; {type(base_model(model)).__name__} has "
+                         f"{sorted({type(l).__name__ for l in cache.layers})}: use the eager path (compile=False)")
+    for ls, ld in zip(cache.layers, r.cache.layers):
+        ls.lazy_initialization(ld.keys[:1].expand(B, -1, -1, -1), ld.values[:1].expand(B, -1, -1, -1))
+    dev, W = r.mask.device, r.buf.shape[1]
+    z = lambda: torch.zeros(B, dtype=torch.long, device=dev)
+    S = _Rows([None] * B, cache, torch.zeros(B, C, dtype=torch.bool, device=dev), z(), z(), z(), z(),
+              torch.ones(B, dtype=torch.bool, device=dev), torch.full((B, W), pad, dtype=torch.long, device=dev))
+    _place(S, list(range(len(r.keys))), r, r.mask.shape[1])
+    return S
+
+def _place(S: _Rows, slots: list[int], r: _Rows, cur: int):
+    "Write the freshly prefilled rows `r` into rows `slots` of the static batch `S`, their cache ending at column `cur`."
+    idx, L = torch.tensor(slots, device=S.mask.device), r.mask.shape[1]
+    for ls, ld in zip(S.cache.layers, r.cache.layers):
+        ls.keys[idx, :, cur - L:cur], ls.values[idx, :, cur - L:cur] = ld.keys, ld.values
+    S.mask, S.pos, S.seeds, S.steps, S.last, S.done, S.buf = (x.clone() for x in (S.mask, S.pos, S.seeds, S.steps, S.last, S.done, S.buf))
+    S.mask[idx] = False; S.mask[idx, cur - L:cur] = r.mask.bool()
+    for f in ("pos", "seeds", "steps", "last", "done", "buf"): getattr(S, f)[idx] = getattr(r, f)
+    for i, k in zip(slots, r.keys): S.keys[i] = k
+
+def _compact(S: _Rows, cur: int) -> int:
+    "Shift the cache and mask left past the columns no live row attends to; the new write column."
+    live = torch.tensor([k is not None for k in S.keys], device=S.mask.device)
+    first = int(torch.where(live & S.mask.any(1), S.mask.int().argmax(1), cur).min())
+    C = S.mask.shape[1]
+    for l in S.cache.layers:
+        l.keys[:, :, :C - first] = l.keys[:, :, first:].clone(); l.values[:, :, :C - first] = l.values[:, :, first:].clone()
+    S.mask = torch.cat([S.mask[:, first:], S.mask.new_zeros(len(S.keys), first)], 1)
+    return cur - first
+
 # %% ../nbs/00_models.ipynb #e4a1e94b
 def auto_batch_size(model: PreTrainedModel, # the model that will generate
                     prompt_len: int, # longest prompt, in tokens
@@ -627,6 +719,74 @@ def _host_look(device: torch.device):
         finally: torch.cuda.set_sync_debug_mode(mode)
     return relaxed() if device.type == "cuda" and torch.cuda.get_sync_debug_mode() else nullcontext()
 
+# %% ../nbs/00_models.ipynb #27fdd20a
+@dataclass
+class _Job:
+    "What a decoding loop works through: the queued (prompt, sample) keys, how to admit and harvest rows, the counters."
+    prompts: Sequence # the prompts' token ids
+    queue: list # (prompt index, sample index) keys not yet admitted, longest prompt first
+    admit: Callable # admit(k) -> _Rows: prefill the next k queued keys
+    harvest: Callable # harvest(rows, indices): record the answers of those ended rows
+    sampling: Sampling
+    stop: torch.Tensor # end token ids, on the model's device
+    pad: int
+    sync_every: int
+    regroup: bool
+    st: dict # counters (see `generate`'s `stats`)
+
+def _decode_eager(model, j: _Job, batch_size: int):
+    "The eager loop: a DynamicCache batch whose ended rows leave and whose free places take queued prompts, at each look."
+    device = j.stop.device
+    rows, wasted = None, torch.zeros((), dtype=torch.long, device=device)
+    while j.queue or rows is not None:
+        with _host_look(device):  # the one host synchronisation every `sync_every` steps: harvest, regroup, admit
+            if rows is None: rows = j.admit(batch_size); j.st["forwards"] += 1; regroupable = j.regroup and _can_regroup(rows.cache)
+            done = rows.done.tolist(); j.st["syncs"] += 1
+            ended = [i for i, d in enumerate(done) if d]
+            if ended: j.harvest(rows, ended)
+            live = [i for i, d in enumerate(done) if not d]
+            if not live: rows = None; continue
+            # drop ended rows when prompts wait, on a CPU (compute scales with rows), or once a quarter of a GPU batch ended
+            if ended and regroupable and (j.queue or device.type == "cpu" or 4 * len(ended) >= len(done)):
+                rows = _keep_rows(rows, live)
+                if j.queue and batch_size > len(live): rows = _join_rows(rows, j.admit(batch_size - len(live))); j.st["forwards"] += 1
+        for _ in range(j.sync_every):
+            wasted += rows.done.sum(); j.st["row_steps"] += len(rows.keys); j.st["forwards"] += 1
+            _decode_step(model, rows, j.sampling, j.stop, j.pad)
+    j.st["finished_row_steps"] += int(wasted)
+
+def _decode_compiled(model, j: _Job, batch_size: int):
+    "The compiled loop: one static batch whose ended rows take queued prompts in place; the cache shifts left when full."
+    device, W = j.stop.device, j.sampling.max_new_tokens
+    C = max(len(j.prompts[pi]) for pi, _ in j.queue) + W + j.sync_every  # a live row never spans more than prompt + W columns
+    forward, kw = _compiled_forward(device), _cache_kw(model)
+    S, cur, wasted = None, 0, torch.zeros((), dtype=torch.long, device=device)
+    while True:
+        with _host_look(device):
+            if S is None:
+                if not j.queue: break
+                r = j.admit(batch_size); j.st["forwards"] += 1
+                S, cur = _static_rows(model, r, batch_size, C, j.pad), r.mask.shape[1]
+            done = S.done.tolist(); j.st["syncs"] += 1
+            ended = [i for i, d in enumerate(done) if d and S.keys[i] is not None]
+            if ended: j.harvest(S, ended)
+            for i in ended: S.keys[i] = None
+            free = [i for i, k in enumerate(S.keys) if k is None]
+            if free and j.queue and j.regroup:  # queued prompts are never longer than a live row's prompt: they fit before `cur`
+                r = j.admit(len(free)); j.st["forwards"] += 1; _place(S, free[:len(r.keys)], r, cur)
+            if all(k is None for k in S.keys): S = None; continue
+            if cur + j.sync_every > C: cur = _compact(S, cur); j.st["shifts"] += 1
+            for l in S.cache.layers: l.cumulative_length.fill_(cur)
+        with generation_phase("decode"):
+            for _ in range(j.sync_every):
+                wasted += S.done.sum(); j.st["row_steps"] += batch_size; j.st["forwards"] += 1
+                S.mask[:, cur] = True
+                logits = forward(model, kw, S.cache, torch.where(S.done, j.pad, S.last), S.mask, S.pos)
+                S.pos = S.pos + 1
+                _record(S, next_tokens(_no_end_yet(logits, S.steps, j.sampling, j.stop), j.sampling, S.seeds, S.steps), j.stop)
+                cur += 1
+    j.st["finished_row_steps"] += int(wasted)
+
 # %% ../nbs/00_models.ipynb #fa9a020a
 def generate(model: PreTrainedModel, # a causal LM (plain or PEFT-wrapped)
              tokenizer: PreTrainedTokenizerBase, # its tokenizer
@@ -639,7 +799,8 @@ def generate(model: PreTrainedModel, # a causal LM (plain or PEFT-wrapped)
              progress: bool = True, # show a progress bar
              sync_every: int | None = None, # decoding steps between host synchronisations; None: 1 on a CPU, 8 on a GPU
              regroup: bool = True, # finished answers leave the batch and queued prompts take their place
-             stats: dict | None = None, # if given, receives counts: forwards, row_steps, finished_row_steps, syncs, oom_halvings
+             stats: dict | None = None, # if given, receives counts: forwards, row_steps, finished_row_steps, syncs, oom_halvings, shifts (compiled)
+             compile: bool | None = None, # decode with a static cache and a compiled step; None: as `compile_decoding` set for the model (off)
             ) -> list[Generation]:
     "Generate `n` samples for each prompt, longest prompts first, in a batch that refills as answers end; results in input order."
     if len(prompts) == 0: raise ValueError("no prompts given: `prompts` is empty")
@@ -654,18 +815,19 @@ def generate(model: PreTrainedModel, # a causal LM (plain or PEFT-wrapped)
     if seeds is None: seeds = [_seed("generate", sampling.seed, pi, si) for pi, si in keys]
     elif len(seeds) != len(keys): raise ValueError(f"{len(seeds)} seeds for {len(keys)} sequences ({len(prompts)} prompts x n={n})")
     seed_of = dict(zip(keys, seeds))
-    queue = sorted(keys, key=lambda j: (-len(prompts[j[0]]), j))  # longest first: joining rows are never longer
+    longest_first = lambda ks: sorted(ks, key=lambda j: (-len(prompts[j[0]]), j))  # joining rows are never longer
     device = next(model.parameters()).device
-    if batch_size == "auto": batch_size = auto_batch_size(model, len(prompts[queue[0][0]]), sampling.max_new_tokens)
+    if batch_size == "auto": batch_size = auto_batch_size(model, max(map(len, prompts)), sampling.max_new_tokens)
     batch_size = min(batch_size, len(keys))
     if sync_every is None: sync_every = 8 if device.type == "cuda" else 1
+    if compile is None: compile = getattr(model, "pv_compile_decoding", False)
     stop = torch.tensor(stop_ids, dtype=torch.long, device=device)
-    st = dict(forwards=0, row_steps=0, finished_row_steps=0, syncs=0, oom_halvings=0, batch_size=batch_size)
+    st = dict(forwards=0, row_steps=0, finished_row_steps=0, syncs=0, oom_halvings=0, batch_size=batch_size, compiled=bool(compile), shifts=0)
     out: dict[tuple[int, int], Generation] = {}
     bar = tqdm(total=len(keys), desc="generate", unit="seq", disable=not progress, leave=False)
 
     def admit(k: int) -> _Rows:
-        take, queue[:k] = queue[:k], []
+        take, job.queue[:k] = job.queue[:k], []
         return _prefill(model, take, [prompts[pi] for pi, _ in take], [seed_of[j] for j in take], sampling, stop, pad, device)
 
     def harvest(r: _Rows, rows: list[int]):
@@ -675,33 +837,17 @@ def generate(model: PreTrainedModel, # a causal LM (plain or PEFT-wrapped)
             out[pi, si] = Generation(list(prompts[pi]), resp, tokenizer.decode(resp, skip_special_tokens=True), finished, pi, si)
         bar.update(len(rows))
 
+    job = _Job(prompts, longest_first(keys), admit, harvest, sampling, stop, pad, sync_every, regroup, st)
     try:
         with torch.no_grad(), (context() if context else nullcontext()):
-            rows, wasted = None, torch.zeros((), dtype=torch.long, device=device)
-            while queue or rows is not None:
-                try:
-                    with _host_look(device):  # the one host synchronisation every `sync_every` steps: harvest, regroup, admit
-                        if rows is None: rows = admit(batch_size); st["forwards"] += 1; regroupable = regroup and _can_regroup(rows.cache)
-                        done = rows.done.tolist(); st["syncs"] += 1
-                        ended = [i for i, d in enumerate(done) if d]
-                        if ended: harvest(rows, ended)
-                        live = [i for i, d in enumerate(done) if not d]
-                        if not live: rows = None; continue
-                        # drop ended rows when prompts wait, on a CPU (compute scales with rows), or once a quarter of a GPU batch ended
-                        if ended and regroupable and (queue or device.type == "cpu" or 4 * len(ended) >= len(done)):
-                            rows = _keep_rows(rows, live)
-                            if queue and batch_size > len(live): rows = _join_rows(rows, admit(batch_size - len(live))); st["forwards"] += 1
-                    for _ in range(sync_every):
-                        wasted += rows.done.sum(); st["row_steps"] += len(rows.keys); st["forwards"] += 1
-                        _decode_step(model, rows, sampling, stop, pad)
+            while True:
+                try: (_decode_compiled if compile else _decode_eager)(model, job, batch_size); break
                 except Exception as e:
                     if not (_is_oom(e) and device.type == "cuda" and batch_size > 1): raise
-                    if rows is not None: queue[:0] = [k for k in rows.keys if k not in out]  # unfinished rows restart exactly
-                    queue.sort(key=lambda j: (-len(prompts[j[0]]), j)); rows = None
+                    job.queue = longest_first(k for k in keys if k not in out)  # unfinished rows restart exactly
                     batch_size //= 2; st["oom_halvings"] += 1; st["batch_size"] = batch_size
                     torch.cuda.empty_cache()
                     warnings.warn(f"CUDA out of memory while generating: batch size halved to {batch_size} (answers do not depend on it)")
-            st["finished_row_steps"] = int(wasted)
     finally:
         bar.close()
         if stats is not None: stats.update(st)

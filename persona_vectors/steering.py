@@ -17,7 +17,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
-from .models import (decoder_layers, base_model, hidden_size, left_pad, position_ids, chat_prompt_ids,
+from .models import (current_generation_phase, decoder_layers, base_model, hidden_size, left_pad, position_ids, chat_prompt_ids,
                                     Sampling, generate_logged)
 from .extraction import activation_means
 from .records import RecordLog, atomic_write
@@ -109,6 +109,8 @@ class Steerer:
         self.masks = None if prompt_lens is None else {p: steering_mask(p, prompt_lens, attention_mask) for p in POSITIONS}
 
     def _pre(self, module, args, kwargs):
+        declared = current_generation_phase()  # the compiled path says it: its static cache's length is a device tensor
+        if declared is not None: self.phase = declared; return
         n = _cache_len(kwargs)
         self.phase = "forward" if n is None else ("prefill" if n == 0 else "decode")
 

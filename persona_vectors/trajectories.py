@@ -16,14 +16,14 @@ from torch import nn
 from tqdm.auto import tqdm
 from safetensors.torch import save_file
 
-from .models import Sampling, chat_prompt_ids, generate, base_model, position_ids, _seed
+from .models import Sampling, chat_prompt_ids, generate, base_model, position_ids, _seed, unwrap, output_head
 from .steering import Steering, steer
 from .records import RecordLog
 from .parallel import map_sharded, is_main, barrier, world_size
 
 # %% auto #0
 __all__ = ['vector_hash', 'steering_record', 'tokenizer_fingerprint', 'loss_span', 'sample_trajectories', 'load_trajectories',
-           'TrajectoryDataset', 'DistillCollator', 'unwrap', 'output_head', 'forward_hidden', 'teacher_topk']
+           'TrajectoryDataset', 'DistillCollator', 'forward_hidden', 'teacher_topk']
 
 # %% ../nbs/05a_trajectories.ipynb #0e4bcf30
 def vector_hash(v: torch.Tensor, # a steering / persona vector
@@ -219,20 +219,6 @@ class DistillCollator:
         return out
 
 # %% ../nbs/05a_trajectories.ipynb #dac30546
-def unwrap(model: nn.Module) -> nn.Module:
-    "The module inside DDP / FSDP / DeepSpeed wrappers (`.module`), PEFT wrappers left in place."
-    while isinstance(getattr(model, "module", None), nn.Module): model = model.module
-    return model
-
-def output_head(model: nn.Module, # plain, PEFT- or DDP-wrapped causal LM
-               ) -> Callable[[torch.Tensor], torch.Tensor]:
-    "The function from final hidden states to logits (the LM head, with final logit soft-capping where the model has it)."
-    m = base_model(unwrap(model))
-    head = m.get_output_embeddings()
-    if head is None: raise ValueError(f"{type(m).__name__} has no output head")
-    cap = getattr(m.config, "final_logit_softcapping", None)
-    return (lambda h: torch.tanh(head(h) / cap) * cap) if cap else head
-
 def forward_hidden(model: nn.Module, # plain or PEFT-wrapped causal LM
                    batch: dict, # a `DistillCollator` batch
                    settings: Sequence[Steering] = (), # steering for this pass (teacher-forced mode)
