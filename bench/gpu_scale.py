@@ -256,7 +256,8 @@ def plan_row(model, decode: dict | None, auto: dict | None, res_rows: dict) -> d
             variants.append((f"step floor measured, generation batch {auto['batch']} (auto)", measured, big))
     out = {"measured_accelerator": {k: getattr(variants[-1][1], k) for k in ("mfu", "bw_efficiency", "step_floor_per_block")}}
     for name, a, c in variants:
-        df = R.resource_plan(c, [a])
+        from persona_vectors.resource_plan import resource_plan
+        df = resource_plan(c, [a])
         out[name] = dict(total_min=float(df.time_s.sum()) / 60, stages={r.stage: round(r.time_s / 60, 2) for r in df.itertuples()})
     return out
 

@@ -11,6 +11,9 @@ from pathlib import Path
 import pandas as pd
 
 from .records import read_json, atomic_write, RecordLog
+from fastcore.basics import patch
+from .parallel import is_main, barrier
+from .pipeline import Study, STAGES, report_sections
 from .steering import summary_row, sweep_table, write_table, plot_sweep, save_figure, readable, METRICS, EVAL_KEY
 
 # %% auto #0
@@ -287,7 +290,6 @@ def compare_runs(directory: str | Path, # a run directory ("this run")
 def missing_report(run: RunView, # a run (its config says what it plans, its manifest what it finished)
                   ) -> list[str]:
     "Sections of report.md for what the config plans and the run lacks: a stage group with no finished stage, or unfinished stages."
-    from persona_vectors.pipeline import STAGES
     cfg, man = run.config, run.manifest
     want, d = cfg.get("stages") or list(STAGES), cfg.get("distillation", {})
     groups = {  # stage group: (the report section it fills, its stages' name prefixes, whether the config enables it)
@@ -531,8 +533,7 @@ def write_report(directory: str | Path, # a run directory
         parts += [f"## Operating point: {k}", "", f"`steering.{k} = \"auto\"`. Rule: {ch['rule']}. Candidates: the swept settings "
                   f"below; chosen: **layer {ch['layer']}, alpha {ch['alpha']:g}**, which every later stage (trajectories, students, "
                   "bake) uses.", "", md, ""]
-    from persona_vectors.interop import methods_report  # 14_interop: its section, when the run compared vector methods
-    parts += methods_report(d)
+    parts += report_sections(d, after="sweeps")  # registered groups' sections (vector methods, 14b)
     dt = distillation_table(run)
     if len(run.done("distilled/")):
         section("Distillation variants", dt, "distillation", ["variant"] + [c for c in DISTILL_COLS if c in dt], plot_distillation(dt),
@@ -555,8 +556,7 @@ def write_report(directory: str | Path, # a run directory
                 "sampling, teacher and student passes)." + (f" Best on its own samples: **{best.variant}**, {best.gap_recovered_own:.3f} "
                 f"[{best.gap_recovered_own_ci[0]:.3f}, {best.gap_recovered_own_ci[1]:.3f}] at {best.train_tflops:.1f} TFLOP (goal: 0.95)." if best is not None else ""))
     parts += gap_report(run, section)  # with the diagnostics stage: where the gap lives, and the open question
-    from persona_vectors.monitoring import monitoring_report  # 13_monitoring: its section, when the run has its stages
-    parts += monitoring_report(d)
+    parts += report_sections(d, after="distillation")  # registered groups' sections (monitoring, 13b)
     if len(run.done("steer/")):
         fig = plot_scatter(run); save_figure(fig, d/"figures"/"answers_scatter"); plt.close(fig)
         parts += ["## Answers", "", "![trait vs coherence](figures/answers_scatter.png)", ""]
@@ -628,3 +628,14 @@ def refresh_demo_run(dest: str | Path, # where the copy goes (the docs use nbs/d
             (dest/f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True); shutil.copy2(f, dest/f.relative_to(src))
     return dest
 
+
+# %% ../nbs/07_analysis.ipynb #cbf001c8
+@patch
+def report(self: Study):
+    "Stage `report`: every table and figure, and report.md (07_analysis); always rebuilt."
+    import time
+    t0, path = time.time(), self.run.dir/"report.md"
+    if is_main():  # several processes: the main process writes the report, the others wait for it
+        path = write_report(self.run.dir); self.run.log(f"[report] {path} written in {time.time()-t0:.1f}s")
+    barrier()
+    return path

@@ -47,7 +47,7 @@ def run_study(config: str, # config file or name in configs/
             say("cannot run:\n" + "\n".join(f"- {p}" for p in problems), file=sys.stderr); return 2
         resources = None
         if dry_run:  # memory and time per stage and accelerator (11_resources); an unreadable model config is a UserError
-            from persona_vectors.resources import resource_plan
+            from persona_vectors.resource_plan import resource_plan
             try: resources = resource_plan(cfg)
             except ValueError as e:
                 if isinstance(e, UserError): raise
@@ -55,7 +55,7 @@ def run_study(config: str, # config file or name in configs/
         say(plan(cfg).to_markdown(index=False))
         if dry_run:
             if resources is not None:
-                from persona_vectors.resources import plan_markdown
+                from persona_vectors.resource_plan import plan_markdown
                 print("\nResources per stage (peak memory, time, and whether it fits, per accelerator):\n\n" + plan_markdown(resources))
             return 0
         t0 = time.time()

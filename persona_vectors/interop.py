@@ -14,17 +14,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .models import decoder_layers, hidden_size, base_model
-from fastcore.basics import patch
-from .models import chat_prompt_ids
+from .models import decoder_layers, hidden_size, base_model, chat_prompt_ids
 from .steering import Steering, NEUTRAL_SYSTEM, auroc, unadapted
-from .pipeline import Study, steer_stage
 
 # %% auto #0
 __all__ = ['CV_ARCH', 'METHODS', 'cvec_index', 'cvec_layer', 'layer_settings', 'cvec_tensors', 'export_control_vector',
            'read_control_vector', 'import_control_vector', 'to_repeng', 'from_repeng', 'from_steering_vector',
            'contrastive_pairs', 'paired_means', 'pca_diff', 'pca_center', 'probe_direction', 'method_vector',
-           'method_separation', 'methods_table', 'plot_methods', 'methods_report']
+           'method_separation']
 
 # %% ../nbs/14_interop.ipynb #9c6dc643
 def cvec_index(layer: int, # our layer (hidden_states index, 2..L)
@@ -360,118 +357,3 @@ def method_separation(model, # the unsteered model
             pr = read[:, l] @ (v[l] / v[l].norm())
             rows.append(dict(method=m, layer=l, auroc=auroc(pr[side].tolist(), pr[~side].tolist())))
     return pd.DataFrame(rows)
-
-# %% ../nbs/14_interop.ipynb #faa1e7fb
-@patch
-def vector_methods(self: Study):
-    "Stages `vector_methods` (each method's vector, held-out AUROC per layer) and `vector_methods/<method>` (steering at matched norm)."
-    from persona_vectors.extraction import filter_pairs, save_vector, load_vector
-    from persona_vectors.steering import evaluate
-    from persona_vectors.records import atomic_write
-    e, ev, st = self.cfg.extraction, self.cfg.evaluation, self.cfg.steering
-    methods = ["mean_diff"] + [m for m in e.methods if m != "mean_diff"]
-    def vectors(out):
-        m, t = self.model()
-        recs = filter_pairs(self.extraction_answers(), e.trait_threshold, e.coherence_threshold, verbose=False)
-        pos, neg = paired_means(m, recs, e.variant, e.batch_size, self.progress)
-        vs = {k: method_vector(k, pos, neg) for k in methods}
-        for k, v in vs.items():
-            save_vector(out/f"{k}.safetensors", {e.variant: v}, dict(model=self.cfg.model.name, trait=self.cfg.trait.name, method=k,
-                        n_pairs=len(pos), norm="each layer at the mean difference's norm"))
-        sep = method_separation(m, t, recs, methods, batch_size=e.batch_size, progress=self.progress,
-                                paired=(pos, neg) if e.variant == "response_avg" else None)
-        md = vs["mean_diff"].double()
-        sep["cos_mean_diff"] = [(vs[k][l].double() @ md[l] / (vs[k][l].double().norm() * md[l].norm()).clamp_min(1e-300)).item()
-                                for k, l in zip(sep.method, sep.layer)]
-        atomic_write(out/"separation.csv", sep.to_csv(index=False))
-        best = sep.loc[sep.groupby("method").auroc.idxmax()]
-        return dict(n_pairs=len(pos), best={r.method: dict(layer=int(r.layer), auroc=r.auroc) for r in best.itertuples()})
-    self.run.stage("vector_methods", dict(methods=methods, variant=e.variant, trait_threshold=e.trait_threshold,
-                   coherence_threshold=e.coherence_threshold), ["vector"], vectors)
-    L, A = self.point()
-    for k in methods[1:]:
-        def fn(out, k=k):
-            m, t = self.model(); tr = self.trait()
-            v = load_vector(self.run.path("vector_methods")/f"{k}.safetensors")[0][e.variant]
-            _, summ = evaluate(m, t, tr.eval_questions[:ev.n_questions], n=ev.n_samples, sampling=self.sampling(ev, 1),
-                               settings=[Steering(v, L, A, st.positions)], monitor=self.monitor(), judge=self.judge(),
-                               trait=tr if self.judge() else None, label=f"{k}_{steer_stage(L, A).split('/')[1]}", store=out,
-                               batch_size=self.generate_batch(ev), progress=self.progress)
-            return summ
-        self.run.stage(f"vector_methods/{k}", dict(seed=self.cfg.seed, **ev.model_dump(), positions=st.positions, judge=self.judge_inputs(),
-                       layer=L, alpha=A), ["vector_methods", "vector"], fn)
-
-# %% ../nbs/14_interop.ipynb #41a3580e
-def methods_table(directory: str | Path, # a run directory with the `vector_methods` stages
-                 ) -> "pd.DataFrame":
-    "One row per vector method: held-out AUROC at the study's layer and best layer, cosine with the mean difference, steering at matched norm."
-    import pandas as pd
-    from persona_vectors.analysis import RunView
-    from persona_vectors.steering import summary_row
-    run = RunView(directory); L, A = run.point()
-    sep = pd.read_csv(run.dir/"vector_methods"/"separation.csv")
-    rows = []
-    for k, g in sep.groupby("method", sort=False):
-        at, best = g[g.layer == L], g.loc[g.auroc.idxmax()]
-        e = run.manifest.get(steer_stage(L, A) if k == "mean_diff" else f"vector_methods/{k}", {})
-        ev = e.get("summary") if e.get("status") == "done" else None
-        rows.append(summary_row(ev or {"n_answers": 0}, method=k, auroc_at_layer=at.auroc.iloc[0] if len(at) else None,
-                                best_layer=int(best.layer), best_auroc=best.auroc,
-                                cos_mean_diff=at.cos_mean_diff.iloc[0] if len(at) else None))
-    return pd.DataFrame(rows)
-
-# %% ../nbs/14_interop.ipynb #d4e9595c
-def plot_methods(directory: str | Path, # a run directory with the `vector_methods` stages
-                 df: "pd.DataFrame", # from `methods_table`
-                ):
-    "Held-out AUROC by layer for each method, and trait index against log-prob at matched norm (± s.e.)."
-    import pandas as pd, matplotlib.pyplot as plt
-    from persona_vectors.analysis import RunView
-    run = RunView(directory); L, A = run.point()
-    sep = pd.read_csv(run.dir/"vector_methods"/"separation.csv")
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for k, g in sep.groupby("method", sort=False): a1.plot(g.layer, g.auroc, marker=".", label=k)
-    a1.axvline(L, color="grey", ls=":", lw=1); a1.set(xlabel="layer", ylabel="held-out AUROC", title="separation (neutral read)"); a1.legend()
-    for r in df.itertuples():
-        if pd.isna(getattr(r, "trait_index_mean", float("nan"))): continue
-        a2.errorbar(r.logprob_mean, r.trait_index_mean, yerr=r.trait_index_se, xerr=r.logprob_se, fmt="o", capsize=3, label=r.method)
-    base = run.manifest.get("steer/base", {}).get("summary")
-    if base: a2.scatter([base["logprob"]["mean"]], [base["trait_index"]["mean"]], marker="x", color="black", label="unsteered")
-    a2.set(xlabel="log-prob (coherence)", ylabel="trait index", title=f"steering at layer {L}, alpha {A:g}, matched norm"); a2.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-# %% ../nbs/14_interop.ipynb #ad602803
-def methods_report(directory: str | Path, # a run directory
-                  ) -> list[str]:
-    "The report's *Vector methods* section (markdown lines), writing its table and figure; [] without the `vector_methods` stage."
-    import pandas as pd, matplotlib.pyplot as plt
-    from persona_vectors.analysis import RunView
-    from persona_vectors.steering import write_table, save_figure
-    run = RunView(directory); d = run.dir
-    if not run.done("vector_methods"): return []
-    (d/"tables").mkdir(exist_ok=True); (d/"figures").mkdir(exist_ok=True)
-    L, A = run.point(); df = methods_table(d)
-    keys = ["method", "auroc_at_layer", "best_layer", "best_auroc", "cos_mean_diff"]
-    md = write_table(df, d/"tables"/"vector_methods", keys)
-    fig = plot_methods(d, df); save_figure(fig, d/"figures"/"vector_methods"); plt.close(fig)
-    says = []
-    if df.auroc_at_layer.notna().any():
-        sep = df.loc[df.auroc_at_layer.idxmax()]; says.append(f"Highest held-out AUROC at layer {L}: **{sep.method}** ({sep.auroc_at_layer:.3f}).")
-    sep = pd.read_csv(d/"vector_methods"/"separation.csv")
-    top = sep.loc[sep.groupby("layer").auroc.idxmax()].groupby("method", sort=False).layer.apply(list)
-    says.append("Layer by layer, the highest AUROC: " + "; ".join(f"{k} at {len(v)} layer{'s' if len(v) > 1 else ''} ({', '.join(map(str, v))})"
-                                                             for k, v in top.sort_values(key=lambda x: -x.str.len()).items()) + ".")
-    for col, what in (("trait_index", "trait index"), ("trait_score", "judge trait score")):
-        if f"{col}_mean" not in df or df[f"{col}_mean"].isna().all(): continue
-        b, ref = df.loc[df[f"{col}_mean"].idxmax()], df.iloc[0]  # the first row is the mean difference
-        gap, se = b[f"{col}_mean"] - ref[f"{col}_mean"], (b[f"{col}_se"] ** 2 + ref[f"{col}_se"] ** 2) ** 0.5
-        says.append(f"Strongest {what} at matched norm: **{b.method}** ({b[f'{col}_mean']:.1f} ± {b[f'{col}_se']:.1f} s.e.)" +
-                    ("." if b.method == "mean_diff" else f", {gap:+.1f} over the mean difference: " +
-                     ("more than twice the standard error of the difference." if gap > 2 * se else f"within twice its standard error ({2 * se:.1f}), a tie at this sample size.")))
-    return ["## Vector methods", "", f"The mean difference (the paper's) beside the directions other steering tools compute "
-            f"(14_interop): `pca_diff` and `pca_center` (repeng), `probe` (logistic regression, steering-vectors). AUROC: held-out "
-            f"questions read neutrally; `cos_mean_diff`: cosine with the mean difference at layer {L}; the metrics: steering at layer "
-            f"{L}, alpha {A:g} with each vector scaled to the mean difference's norm (the trait index reads along the mean "
-            "difference).", "", md, "", " ".join(says), "",
-            "![vector methods](figures/vector_methods.png)", ""]

@@ -7,23 +7,24 @@ Docs: https://persona-vectors.github.io/persona_vectors/pipeline.html.md"""
 # %% ../nbs/06_pipeline.ipynb #04f840a4
 from __future__ import annotations
 import os, sys, json, time, hashlib, shutil, socket, logging, tomllib, copy
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal, Optional, Any, Union
+from typing import Callable, Literal, Optional, Any, Union
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator, model_serializer
 
-from .records import atomic_write, write_json, read_json
+from .records import atomic_write, write_json, read_json, UserError
 from .parallel import is_main, barrier, world_size
 
 # %% auto #0
-__all__ = ['OBJECTIVES', 'STAGES', 'ModelConfig', 'TraitConfig', 'JudgeConfig', 'ExtractionConfig', 'SteeringConfig',
-           'EvaluationConfig', 'SweepConfig', 'DistillationConfig', 'MonitoringConfig', 'BaselinesConfig',
-           'StudyConfig', 'UserError', 'ConfigError', 'parse_override', 'validate_config', 'load_config', 'config_dir',
-           'resolve_config_path', 'model_facts', 'config_problems', 'process_problems', 'preflight', 'output_files',
-           'changed_outputs', 'RunLocked', 'lock_run_dir', 'Run', 'one_line', 'steer_stage', 'Study', 'sweep_settings',
-           'choose_setting', 'variant_config', 'count_trainings', 'plan']
+__all__ = ['OBJECTIVES', 'STAGE_GROUPS', 'STAGES', 'ModelConfig', 'TraitConfig', 'JudgeConfig', 'ExtractionConfig',
+           'SteeringConfig', 'EvaluationConfig', 'SweepConfig', 'DistillationConfig', 'MonitoringConfig',
+           'BaselinesConfig', 'StudyConfig', 'ConfigError', 'parse_override', 'validate_config', 'load_config',
+           'config_dir', 'resolve_config_path', 'model_facts', 'config_problems', 'process_problems', 'preflight',
+           'output_files', 'changed_outputs', 'RunLocked', 'lock_run_dir', 'Run', 'one_line', 'steer_stage', 'Study',
+           'sweep_settings', 'choose_setting', 'variant_config', 'count_trainings', 'StageGroup', 'report_sections',
+           'plan']
 
 # %% ../nbs/06_pipeline.ipynb #351265e4
 class _Section(BaseModel):
@@ -192,9 +193,6 @@ class StudyConfig(_Section):
     compare_to: Optional[str] = None # a finished run directory the report sets beside this one (e.g. the float32 run of a bf16 study)
 
 # %% ../nbs/06_pipeline.ipynb #aa164be0
-class UserError(Exception):
-    "An error the user can fix (a config, an input file, a busy run directory): shown as one message, no traceback."
-
 class ConfigError(UserError, ValueError):
     "A config that cannot be used, with every problem named by file and key."
 
@@ -1079,17 +1077,38 @@ def distillation(self: Study):
     if d.diagnostics: self.diagnostics()
 
 # %% ../nbs/06_pipeline.ipynb #b92ed123
-@patch
-def report(self: Study):
-    "Stage `report`: every table and figure, and report.md (07_analysis); always rebuilt."
-    from persona_vectors.analysis import write_report
-    t0, path = time.time(), self.run.dir/"report.md"
-    if is_main():  # several processes: the main process writes the report, the others wait for it
-        path = write_report(self.run.dir); self.run.log(f"[report] {path} written in {time.time()-t0:.1f}s")
-    barrier()
-    return path
+@dataclass(frozen=True)
+class StageGroup:
+    "A stage group of the study: the module that defines its stage, whether a config turns it on, its report section."
+    name: str # the group's name, as a config's `stages` lists it; `Study.<name>()` runs it
+    module: str | None = None # the module whose import adds `Study.<name>` (None: 06_pipeline itself); imported when the group runs
+    enabled: Callable[[Any], bool] = lambda cfg: True # whether a config turns the group on
+    report: str | None = None # 'module:function' (run directory -> markdown lines) of the group's report section
+    report_after: str | None = None # the core report section it follows: 'sweeps' or 'distillation'
 
-STAGES = ("artifacts", "extraction", "vector", "sweeps", "vector_methods", "monitoring", "distillation", "baselines", "report")
+STAGE_GROUPS: dict[str, StageGroup] = {g.name: g for g in (  # study order; a new group is one module and one entry here
+    StageGroup("artifacts"), StageGroup("extraction"), StageGroup("vector"), StageGroup("sweeps"),
+    StageGroup("vector_methods", "persona_vectors.vector_methods_study", lambda c: bool(c.extraction.methods),
+               "persona_vectors.vector_methods_study:methods_report", "sweeps"),
+    StageGroup("monitoring", "persona_vectors.monitoring_study", lambda c: bool(c.monitoring.fractions),
+               "persona_vectors.monitoring_study:monitoring_report", "distillation"),
+    StageGroup("distillation", enabled=lambda c: bool(c.distillation.variants or c.distillation.trajectory_counts)),
+    StageGroup("baselines", enabled=lambda c: bool(c.baselines.models)),
+    StageGroup("report", "persona_vectors.analysis"),
+)}
+STAGES = tuple(STAGE_GROUPS)
+
+def _load(ref: str):
+    "The object a 'module:object' reference names (the module imported on first use)."
+    import importlib
+    mod, _, obj = ref.partition(":")
+    return getattr(importlib.import_module(mod), obj) if obj else importlib.import_module(mod)
+
+def report_sections(directory: str | Path, # a run directory
+                    after: str, # the core section the groups' sections follow ('sweeps' or 'distillation')
+                   ) -> list[str]:
+    "The markdown lines of the registered groups' report sections placed after `after`, in study order."
+    return [line for g in STAGE_GROUPS.values() if g.report and g.report_after == after for line in _load(g.report)(directory)]
 
 @patch
 def run_stages(self: Study, stages: list[str] | None = None) -> Path:
@@ -1098,19 +1117,22 @@ def run_stages(self: Study, stages: list[str] | None = None) -> Path:
     bad = [x for x in want if x not in STAGES]
     if bad: raise ConfigError(f"unknown stage(s) {bad}; expected some of {list(STAGES)}")
     t0 = time.time()
-    for name in STAGES:
-        if name not in want: continue
-        if name == "baselines" and not self.cfg.baselines.models: continue
-        if name == "distillation" and not (self.cfg.distillation.variants or self.cfg.distillation.trajectory_counts): continue
-        if name == "vector_methods":
-            if not self.cfg.extraction.methods: continue
-            import persona_vectors.interop  # its stages (14_interop) patch `Study`
-        if name == "monitoring":
-            if not self.cfg.monitoring.fractions: continue
-            import persona_vectors.monitoring  # its stages (13_monitoring) patch `Study`
-        getattr(self, name)()
+    for g in STAGE_GROUPS.values():
+        if g.name not in want or not g.enabled(self.cfg): continue
+        if g.module: _load(g.module)  # its stage patches `Study`
+        getattr(self, g.name)()
     self.run.log(f"[study] {', '.join(x for x in STAGES if x in want)} finished in {time.time()-t0:.0f}s; report: {self.run.dir/'report.md'}")
     return self.run.dir
+
+# %% ../nbs/06_pipeline.ipynb #50f416d7
+def _group_stage(self: Study, name: str):
+    "A registered group's stage (`study.monitoring()`, `study.report()`): its module is imported on first use, and patches `Study`."
+    g = STAGE_GROUPS.get(name)
+    if g is None or not g.module: raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+    _load(g.module)
+    return object.__getattribute__(self, name)
+
+Study.__getattr__ = _group_stage  # attributes Study lacks; a module-level `__getattr__` would answer for the module
 
 # %% ../nbs/06_pipeline.ipynb #e9d6660c
 def plan(cfg: StudyConfig) -> "pd.DataFrame":

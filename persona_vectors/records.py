@@ -12,9 +12,12 @@ from typing import Callable, Iterable
 from .parallel import is_main
 
 # %% auto #0
-__all__ = ['STOP', 'atomic_write', 'write_json', 'read_json', 'Interrupted', 'RecordLog']
+__all__ = ['STOP', 'UserError', 'atomic_write', 'write_json', 'read_json', 'Interrupted', 'RecordLog']
 
 # %% ../nbs/09_records.ipynb #5f181f85
+class UserError(Exception):
+    "An error the user can fix (a config, an input file, a busy run directory): shown as one message, no traceback."
+
 def _umask() -> int:
     "The process's umask, read without changing it where Linux shows it (/proc/self/status)."
     try:

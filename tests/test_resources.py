@@ -82,7 +82,7 @@ def test_demo_dry_run_plans_this_cpu():
 
 def test_committed_measurements_within_bounds():
     "Predicted vs measured on the packaged SmolLM2 (bench/results/resources.json), predictions recomputed with the current code."
-    from persona_vectors.resources import compare_measured
+    from persona_vectors.resource_plan import compare_measured
     res = json.loads((ROOT/"bench"/"results"/"resources.json").read_text())
     assert res["model"].startswith("SmolLM2") and not res["quick"]
     cmp = compare_measured(res)
