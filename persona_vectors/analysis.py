@@ -13,7 +13,8 @@ import pandas as pd
 from .records import read_json, atomic_write, RecordLog
 from fastcore.basics import patch
 from .parallel import is_main, barrier
-from .pipeline import Study, STAGES, report_sections
+from .config import STAGES, report_sections
+from .pipeline import Study
 from .steering import summary_row, sweep_table, write_table, plot_sweep, save_figure, readable, METRICS, EVAL_KEY
 
 # %% auto #0

@@ -13,7 +13,8 @@ from pathlib import Path
 from .resources import (ACCELERATORS, Accelerator, DTYPE_BYTES, Generation, GiB, ModelShape, Training,
                                        generation_memory, generation_time, matmul_rate, model_shape, shape_from_config,
                                        this_cpu, train_flops, train_memory, train_step_time)
-from .pipeline import StudyConfig, load_config, sweep_settings, count_trainings
+from .config import StudyConfig, load_config
+from .pipeline import sweep_settings, count_trainings
 
 # %% auto #0
 __all__ = ['MARGIN', 'LEVERS', 'fit_status', 'training_fix', 'generation_fix', 'study_stages', 'auto_batch',
