@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .records import atomic_write, write_json, read_json, UserError
 from .parallel import is_main, barrier, world_size
 from .config import *
-from .config import _Section
+from .config import _Section, _load
 
 # %% auto #0
 __all__ = ['model_facts', 'config_problems', 'process_problems', 'preflight']
@@ -113,25 +113,7 @@ def config_problems(cfg: StudyConfig, # a validated config
             p.append(f"model.dtype = 'bfloat16': {torch.cuda.get_device_name()} has no bfloat16 support: use 'float16' or 'float32'")
     except ValueError as ex: p.append(f"model.dtype = {cfg.model.dtype!r}: {ex}")
     p += [f"stages: unknown stage {s!r}; expected some of {list(STAGES)}" for s in cfg.stages if s not in STAGES]
-    p += _monitoring_problems(cfg, L)
-    return p
-
-def _monitoring_problems(cfg: StudyConfig, n_layers: int | None) -> list[str]:
-    "Problems of the [monitoring] section (none when it is off)."
-    mc, e, p = cfg.monitoring, cfg.extraction, []
-    if not mc.fractions: return p
-    p += [f"monitoring.fractions[{j}] = {f}: trait fractions are between 0 and 1" for j, f in enumerate(mc.fractions) if not 0 <= f <= 1]
-    p += _layer_problems("monitoring.layer", mc.layer, n_layers)
-    if (mc.prevention_alphas or mc.ablation or mc.suppression_alphas) and 1.0 not in mc.fractions:
-        p.append("monitoring: prevention, ablation and suppression act on the fraction-1 fine-tune: add 1.0 to monitoring.fractions")
-    if not cfg.trait.generate:
-        try:
-            from persona_vectors.artifacts import load_trait
-            nq = len(load_trait(cfg.trait.name).extract_questions)
-            if not e.n_questions or e.n_questions >= nq:
-                p.append(f"monitoring: the dataset answers the extraction questions the vector does not use, and extraction.n_questions = "
-                         f"{e.n_questions} leaves none of the trait's {nq}: set extraction.n_questions below {nq}")
-        except Exception: pass  # the trait itself is checked above
+    p += [x for g in STAGE_GROUPS.values() if g.checks and g.enabled(cfg) for x in _load(g.checks)(cfg, L)]  # the groups' sections
     return p
 
 # %% ../nbs/06b_checks.ipynb #ea145be4

@@ -278,13 +278,16 @@ class StageGroup:
     enabled: Callable[[Any], bool] = lambda cfg: True # whether a config turns the group on
     report: str | None = None # 'module:function' (run directory -> markdown lines) of the group's report section
     report_after: str | None = None # the core report section it follows: 'sweeps' or 'distillation'
+    checks: str | None = None # 'module:function' (config, n_layers or None) -> problems of its config section
+    plan: str | None = None # 'module:function' (config, answers per evaluation, judge calls per answer) -> its dry-run plan rows
 
 STAGE_GROUPS: dict[str, StageGroup] = {g.name: g for g in (  # study order; a new group is one module and one entry here
     StageGroup("artifacts"), StageGroup("extraction"), StageGroup("vector"), StageGroup("sweeps"),
     StageGroup("vector_methods", "persona_vectors.vector_methods_study", lambda c: bool(c.extraction.methods),
-               "persona_vectors.vector_methods_study:methods_report", "sweeps"),
+               "persona_vectors.vector_methods_study:methods_report", "sweeps", plan="persona_vectors.vector_methods_study:methods_plan"),
     StageGroup("monitoring", "persona_vectors.monitoring_study", lambda c: bool(c.monitoring.fractions),
-               "persona_vectors.monitoring_study:monitoring_report", "distillation"),
+               "persona_vectors.monitoring_study:monitoring_report", "distillation",
+               "persona_vectors.monitoring_study:monitoring_problems", "persona_vectors.monitoring_study:monitoring_plan"),
     StageGroup("distillation", enabled=lambda c: bool(c.distillation.variants or c.distillation.trajectory_counts)),
     StageGroup("baselines", enabled=lambda c: bool(c.baselines.models)),
     StageGroup("report", "persona_vectors.analysis"),

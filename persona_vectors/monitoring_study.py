@@ -16,10 +16,48 @@ from .distillation import DistillConfig
 from .monitoring import (Ablation, activation_shift, base_answers, finetune, mixture, pearson_with_ci,
                                         projection_difference, prompt_key, rank_samples, read_chat_dataset, spearman,
                                         trait_answers, trait_auroc, write_chat_dataset)
+from .config import StudyConfig
+from .checks import _layer_problems
 from .pipeline import Study
 
 # %% auto #0
-__all__ = ['monitoring_report']
+__all__ = ['monitoring_problems', 'monitoring_plan', 'monitoring_report']
+
+# %% ../nbs/13b_monitoring_study.ipynb #d0b9a166
+def monitoring_problems(cfg: StudyConfig, # a validated config
+                        n_layers: int | None, # the model's blocks (None: unknown)
+                       ) -> list[str]:
+    "Problems of the [monitoring] section (none when it is off): the group's checks, which 06b's `preflight` runs."
+    mc, e, p = cfg.monitoring, cfg.extraction, []
+    if not mc.fractions: return p
+    p += [f"monitoring.fractions[{j}] = {f}: trait fractions are between 0 and 1" for j, f in enumerate(mc.fractions) if not 0 <= f <= 1]
+    p += _layer_problems("monitoring.layer", mc.layer, n_layers)
+    if (mc.prevention_alphas or mc.ablation or mc.suppression_alphas) and 1.0 not in mc.fractions:
+        p.append("monitoring: prevention, ablation and suppression act on the fraction-1 fine-tune: add 1.0 to monitoring.fractions")
+    if not cfg.trait.generate:
+        try:
+            from persona_vectors.artifacts import load_trait
+            nq = len(load_trait(cfg.trait.name).extract_questions)
+            if not e.n_questions or e.n_questions >= nq:
+                p.append(f"monitoring: the dataset answers the extraction questions the vector does not use, and extraction.n_questions = "
+                         f"{e.n_questions} leaves none of the trait's {nq}: set extraction.n_questions below {nq}")
+        except Exception: pass  # the trait itself is checked above
+    return p
+
+def monitoring_plan(cfg: StudyConfig, # a validated config
+                    per_eval: int, # answers of one evaluation
+                    judged: int, # judge calls per answer (0 without a judge)
+                   ) -> list[dict]:
+    "The group's row of the dry-run plan (06_pipeline's `plan`): answers to generate and judge calls."
+    from persona_vectors.artifacts import load_trait
+    mc, e = cfg.monitoring, cfg.extraction
+    try: n_extract = len(load_trait(cfg.trait.name).extract_questions)
+    except Exception: n_extract = 20
+    nq_m = n_extract - min(n_extract, e.n_questions or n_extract)  # the extraction questions the vector does not use
+    k, ns = len(mc.fractions) + sum(1 for a in mc.prevention_alphas if a) + mc.ablation, len(mc.suppression_alphas)
+    return [dict(stage="monitoring", what=f"{nq_m} questions x {mc.n_per_question} x 2 sides + base answers; {k} fine-tunes "
+                 f"({mc.max_steps} steps), {ns} suppression settings", answers=nq_m * (2 * mc.n_per_question + 1) + (k + ns) * per_eval,
+                 judge_calls=(k + ns) * per_eval * judged)]
 
 # %% ../nbs/13b_monitoring_study.ipynb #45e35132
 @patch

@@ -562,16 +562,8 @@ def plan(cfg: StudyConfig) -> "pd.DataFrame":
     if "sweeps" in want:
         rows.append(dict(stage="sweeps", what=f"{len(settings)} settings x {ev.n_questions} questions x {ev.n_samples}", answers=len(settings) * per_eval,
                          judge_calls=len(settings) * per_eval * judged))
-    if "vector_methods" in want and e.methods:
-        rows.append(dict(stage="vector methods", what=f"{len(e.methods)} methods beside the mean difference x {per_eval} answers at the study's setting",
-                         answers=len(e.methods) * per_eval, judge_calls=len(e.methods) * per_eval * judged))
-    mc = cfg.monitoring
-    if "monitoring" in want and mc.fractions:
-        nq_m = n_extract - nq  # the extraction questions the vector does not use
-        k, ns = len(mc.fractions) + sum(1 for a in mc.prevention_alphas if a) + mc.ablation, len(mc.suppression_alphas)
-        rows.append(dict(stage="monitoring", what=f"{nq_m} questions x {mc.n_per_question} x 2 sides + base answers; {k} fine-tunes "
-                         f"({mc.max_steps} steps), {ns} suppression settings", answers=nq_m * (2 * mc.n_per_question + 1) + (k + ns) * per_eval,
-                         judge_calls=(k + ns) * per_eval * judged))
+    for g in STAGE_GROUPS.values():  # the registered groups' rows (vector methods, monitoring: between the sweeps and distillation)
+        if g.plan and g.name in want and g.enabled(cfg): rows += _load(g.plan)(cfg, per_eval, judged)
     if "distillation" in want:
         n = max([d.n_trajectories] + list(d.trajectory_counts))
         rows.append(dict(stage="trajectories", what=f"{n} train + {d.n_heldout} held out, {d.max_new_tokens} tokens", answers=n + d.n_heldout, judge_calls=0))

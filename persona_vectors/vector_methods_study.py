@@ -15,7 +15,7 @@ from .interop import method_separation, method_vector, paired_means
 from .pipeline import Study, steer_stage
 
 # %% auto #0
-__all__ = ['methods_table', 'plot_methods', 'methods_report']
+__all__ = ['methods_plan', 'methods_table', 'plot_methods', 'methods_report']
 
 # %% ../nbs/14b_vector_methods_study.ipynb #faa1e7fb
 @patch
@@ -56,6 +56,16 @@ def vector_methods(self: Study):
             return summ
         self.run.stage(f"vector_methods/{k}", dict(seed=self.cfg.seed, **ev.model_dump(), positions=st.positions, judge=self.judge_inputs(),
                        layer=L, alpha=A), ["vector_methods", "vector"], fn)
+
+# %% ../nbs/14b_vector_methods_study.ipynb #ca45d3bc
+def methods_plan(cfg, # a validated config
+                 per_eval: int, # answers of one evaluation
+                 judged: int, # judge calls per answer (0 without a judge)
+                ) -> list[dict]:
+    "The group's row of the dry-run plan (06_pipeline's `plan`): each method's evaluation at the study's setting."
+    m = cfg.extraction.methods
+    return [dict(stage="vector methods", what=f"{len(m)} methods beside the mean difference x {per_eval} answers at the study's setting",
+                 answers=len(m) * per_eval, judge_calls=len(m) * per_eval * judged)]
 
 # %% ../nbs/14b_vector_methods_study.ipynb #41a3580e
 def methods_table(directory: str | Path, # a run directory with the `vector_methods` stages
