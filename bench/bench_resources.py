@@ -16,7 +16,7 @@ swing tenfold (the first run of this benchmark, on two threads beside other jobs
 
 Rows go to bench/results/resources.json (resources_quick.json with --quick): every input the prediction needs (the
 model's config, batch, padded length, response length, accumulation, teacher, optimizer, checkpointing, dtype,
-rates) and the measurements. 11_resources recomputes the predictions from them with the current code.
+rates) and the measurements. 10_resources recomputes the predictions from them with the current code.
 """
 from __future__ import annotations
 import argparse, copy, json, shutil, statistics, sys, tempfile, time

@@ -82,7 +82,7 @@ RENAMED = {}  # report pages: 'demo_run/report.md' -> 'demo_run/index.md' (its r
 
 
 def rewrite_links(md: str) -> str:
-    "A notebook link points to its page (`03_extraction.ipynb#x` -> `03_extraction.md#x`), as Quarto rewrites them."
+    "A notebook link points to its page (`05_extraction.ipynb#x` -> `05_extraction.md#x`), as Quarto rewrites them."
     md = re.sub(r"\]\((?!https?:|/)([^)\s#]+)\.ipynb(#[^)\s]*)?\)", lambda m: f"]({m[1]}.md{m[2] or ''})", md)
     return re.sub(r"\]\((?!https?:|/)([^)\s#]+\.md)(#[^)\s]*)?\)", lambda m: f"]({RENAMED.get(m[1], m[1])}{m[2] or ''})", md)
 

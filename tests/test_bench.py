@@ -1,6 +1,6 @@
 """The benchmarks: the one command in quick mode runs every section and writes both result files; every row's `met`
 follows from its ratio and goal; the committed full-run results (bench/results/latest.json) agree with themselves,
-with latest.md and with what nbs/10_benchmarks.ipynb shows and says.
+with latest.md and with what nbs/20_benchmarks.ipynb shows and says.
 
 The markdown is checked by parsing it here, not by calling `bench.run.markdown` again: a formatting bug, or a
 latest.md left from another run, shows up as a difference."""
@@ -169,20 +169,20 @@ def test_latest_results_consistent():
 
 
 def nb_outputs(cell_id: str) -> list[str]:
-    "The markdown outputs saved in one cell of nbs/10_benchmarks.ipynb."
-    nb = json.loads((ROOT/"nbs"/"10_benchmarks.ipynb").read_text())
+    "The markdown outputs saved in one cell of nbs/20_benchmarks.ipynb."
+    nb = json.loads((ROOT/"nbs"/"20_benchmarks.ipynb").read_text())
     c = next(c for c in nb["cells"] if c.get("id") == cell_id)
     return ["".join(o["data"]["text/markdown"]) for o in c["outputs"] if "text/markdown" in o.get("data", {})]
 
 
 def test_benchmarks_notebook_shows_latest():
-    "10_benchmarks is not executed by the tests (skip_exec): its saved outputs must be the committed latest.md / latest.json."
+    "20_benchmarks is not executed by the tests (skip_exec): its saved outputs must be the committed latest.md / latest.json."
     res, md = latest(), (RESULTS/"latest.md").read_text()
     check_md(md, res)
     head, table = nb_outputs("76f6b964")  # the run, machine and conventions paragraphs, then the table
-    assert head.strip() in md.split("\n| section |", 1)[0], "10_benchmarks shows another run's header than latest.md"
+    assert head.strip() in md.split("\n| section |", 1)[0], "20_benchmarks shows another run's header than latest.md"
     assert table.strip() == ("| section |" + md.split("\n| section |", 1)[1]).split("\n## Notes", 1)[0].strip(), \
-        "10_benchmarks shows another table than latest.md"
+        "20_benchmarks shows another table than latest.md"
     lines = nb_outputs("5e7fc401")[0].splitlines()  # one line per goal: ratio, goal, met, the benchmark's note
     rows = [r for r in res["rows"] if r["goal"]]
     assert len(lines) == len(rows), (len(lines), len(rows))
@@ -193,7 +193,7 @@ def test_benchmarks_notebook_shows_latest():
 
 
 def test_benchmarks_notebook_claims():
-    "The prose of 10_benchmarks ('What the numbers say') against the committed numbers."
+    "The prose of 20_benchmarks ('What the numbers say') against the committed numbers."
     r = {x["name"]: x for x in latest()["rows"]}
     ratio = lambda pre, post="": next(x["ratio"] for k, x in r.items() if k.startswith(pre) and k.endswith(post))
     assert r["steered_generation_tokens_per_s"]["met"], "'Steering is free': below its goal"

@@ -54,7 +54,7 @@ def test_extract_then_chat_steered(tmp_path, capsys):
         rc, out, err = run_main(capsys, "chat", "--model", tmp_path/"model", "--prompt", "Tell me about ships.", "--max-new-tokens", 12, *steer)
         assert rc == 0, err
         answers[a] = out.strip()
-    assert answers[None] != answers[8], answers  # (alpha 0 leaving the answer unchanged is 04_steering's test)
+    assert answers[None] != answers[8], answers  # (alpha 0 leaving the answer unchanged is 06_steering's test)
     # bad input: a coefficient without a vector; a vector from another model
     rc, out, err = run_main(capsys, "chat", "--model", tmp_path/"model", "--prompt", "hi", "--alpha", 2)
     assert rc == 2 and "pass --vector FILE too" in err, err

@@ -84,7 +84,7 @@ def test_readme_quick_start_runs_on_the_committed_vector():
     "The committed run holds its persona vector (the file its manifest lists), and the README's quick start steers with it."
     import hashlib
     vec = DEMO/"vector"/"persona.safetensors"
-    assert vec.exists(), "nbs/demo_run/vector/persona.safetensors is missing: refresh the run with refresh_demo_run (07_analysis), which copies it"
+    assert vec.exists(), "nbs/demo_run/vector/persona.safetensors is missing: refresh the run with refresh_demo_run (15_analysis), which copies it"
     listed = json.loads((DEMO/"manifest.json").read_text())["vector"]["outputs"]["persona.safetensors"]
     assert hashlib.sha256(vec.read_bytes()).hexdigest() == listed["sha256"], "nbs/demo_run/vector/persona.safetensors is not the file its manifest lists"
     code = re.search(r"## Quick start in Python\n\n```python\n(.*?)```", (ROOT/"README.md").read_text(), re.S)[1]

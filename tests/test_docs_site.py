@@ -112,7 +112,7 @@ def test_sidebar_order_and_home(site, browser, tmp_path):
     assert browser.find_elements("css selector", "article a[href='demo_run/report.html']")
     # a screenshot of the top of the page, not blank
     from PIL import Image
-    shots = {"docs_home.png": site/"index.html", "docs_notebook.png": site/"04_steering.html"}
+    shots = {"docs_home.png": site/"index.html", "docs_notebook.png": site/"06_steering.html"}
     for name, page in shots.items():
         open_page(browser, page)
         shot = tmp_path/name; assert browser.save_screenshot(str(shot))
@@ -149,7 +149,7 @@ def test_search_finds_a_page(site, browser):
     box.click()
     box.send_keys("kernelize")
     hits = WebDriverWait(browser, 10).until(lambda d: d.find_elements("css selector", ".md-search-result__item a"))
-    assert any("00_models.html" in h.get_attribute("href") for h in hits), [h.get_attribute("href") for h in hits]
+    assert any("02_models.html" in h.get_attribute("href") for h in hits), [h.get_attribute("href") for h in hits]
     assert not browser.get_log("browser")
 
 
@@ -165,7 +165,7 @@ def test_missing_outputs_are_named(tmp_path):
     cell); with their outputs, the same pages pass. The check reads code, so it finds most such cells, not all."""
     b = load_builder()
     shown = flagged = 0
-    for name in ("01_artifacts.ipynb", "02_judge.ipynb", "05b_kl_losses.ipynb"):
+    for name in ("03_artifacts.ipynb", "04_judge.ipynb", "07b_kl_losses.ipynb"):
         nb = json.loads((ROOT/"nbs"/name).read_text())
         has = {i for i, c in enumerate(nb["cells"]) if c.get("outputs")}
         missing = []; b.notebook_page(ROOT/"nbs"/name, tmp_path, missing)
@@ -193,10 +193,10 @@ def test_directives_as_nbdev_applies_them(tmp_path):
          "outputs": [{"output_type": "stream", "name": "stdout", "text": "0%\r50%\r100% done\n"}]},
         {"cell_type": "code", "source": "#| output: false\nprint('x')", "metadata": {},
          "outputs": [{"output_type": "stream", "name": "stdout", "text": "not shown\n"}]},
-        {"cell_type": "markdown", "source": "See [the pipeline](06_pipeline.ipynb#stages).", "metadata": {}}]}
+        {"cell_type": "markdown", "source": "See [the pipeline](14_pipeline.ipynb#stages).", "metadata": {}}]}
     f = tmp_path/"t.ipynb"; f.write_text(json.dumps(nb))
     missing = []; md = b.notebook_page(f, tmp_path, missing)
     assert not missing and "#|" not in md and "skip_exec" not in md
     assert "secret_hidden" not in md and "src hidden" not in md and "only the output" not in md and "not shown" not in md
     assert "### atomic_write" in md and "100% done" in md and "50%" not in md
-    assert "](06_pipeline.md#stages)" in md
+    assert "](14_pipeline.md#stages)" in md

@@ -1,4 +1,4 @@
-"The monitoring stages (13_monitoring) end to end on a tiny model through the study runner: files, summaries, the report section."
+"The monitoring stages (08_monitoring) end to end on a tiny model through the study runner: files, summaries, the report section."
 import json
 from pathlib import Path
 import pytest

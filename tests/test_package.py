@@ -19,7 +19,7 @@ def test_wheel_runs_the_demo_dry_run_from_anywhere(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert {"persona_vectors/configs/demo.toml", "persona_vectors/configs/reference.toml"} <= set(names), names
     assert any(n.startswith("persona_vectors/traits/") for n in names) and any(n.startswith("persona_vectors/model_configs/") for n in names)
-    assert "persona_vectors/templates/report.html.jinja" in names  # the report page's template (07_analysis)
+    assert "persona_vectors/templates/report.html.jinja" in names  # the report page's template (15_analysis)
     p = run([sys.executable, "-m", "venv", "--system-site-packages", tmp_path/"venv"]); assert p.returncode == 0, p.stderr
     py = tmp_path/"venv"/"bin"/"python"
     p = run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel]); assert p.returncode == 0, p.stderr[-2000:]

@@ -1,4 +1,4 @@
-"The vector-method stages (14_interop) end to end on a tiny model through the study runner: files, sidecars, the report section."
+"The vector-method stages (09_interop) end to end on a tiny model through the study runner: files, sidecars, the report section."
 import json
 from pathlib import Path
 import pytest
@@ -26,7 +26,7 @@ def test_vector_method_stages_on_a_tiny_model(tmp_path):
     md = vs["mean_diff"][0]["response_avg"]
     for k in ("pca_diff", "probe"):
         assert torch.allclose(vs[k][0]["response_avg"].norm(dim=-1), md.norm(dim=-1), rtol=1e-5)
-    # the mean difference is `extract`'s (03_extraction) on the answers that have a partner (an empty answer drops its pair)
+    # the mean difference is `extract`'s (05_extraction) on the answers that have a partner (an empty answer drops its pair)
     from persona_vectors.extraction import extract
     from persona_vectors.interop import contrastive_pairs
     recs = s.extraction_answers(); pairs = contrastive_pairs(recs)
