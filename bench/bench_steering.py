@@ -1,6 +1,6 @@
 """Steering overhead: tokens/s of steered generation (`steer` + `generate`) vs the same generation without a hook.
 
-Both arms call `persona_vectors.models.generate` on the same batch of chat prompts with the same sampling
+Both arms call `persona_vectors.generation.generate` on the same batch of chat prompts with the same sampling
 (temperature 1, top-p 0.95, seed fixed); the end tokens are suppressed until `max_new_tokens`
 (`min_new_tokens = max_new_tokens`), so every sequence of both arms is exactly `max_new_tokens` long and the two arms
 do the same matmuls. The steered arm adds `alpha * v[layer]` at the response positions (the study's setting: the
@@ -11,7 +11,8 @@ import statistics
 
 import torch
 
-from persona_vectors.models import Sampling, generate, chat_prompt_ids, decoder_layers, hidden_size, left_pad
+from persona_vectors.models import chat_prompt_ids, decoder_layers, hidden_size
+from persona_vectors.generation import Sampling, generate, left_pad
 from persona_vectors.steering import Steering, steer
 from persona_vectors.artifacts import load_trait, DEMO_TRAIT
 from .common import Ctx, interleaved, matmul_params, row

@@ -38,7 +38,8 @@ def _models(device: str, smoke: bool):
 
 def check_steering(f32, b16, vector, layer: int, alpha: float, max_new_tokens: int) -> dict:
     "bf16 against float32: the steering effect on teacher-forced log-probs, and greedy steered answers."
-    from persona_vectors.models import chat_prompt_ids, generate, Sampling, padded_batch
+    from persona_vectors.models import chat_prompt_ids
+    from persona_vectors.generation import generate, Sampling, padded_batch
     from persona_vectors.steering import Steering, steer
     (m32, tok), (m16, _) = f32, b16
     s = Steering(vector, layer, alpha, "response")
@@ -80,7 +81,7 @@ def check_extraction(f32, b16, answers: list[tuple[list[int], int]], sides: list
 
 def check_distillation(b16, vector, layer: int, alpha: float, out: Path, device: str, smoke: bool) -> dict:
     "20 LoRA steps on the steered bf16 model's trajectories: loss, step time, peak memory."
-    from persona_vectors.models import Sampling
+    from persona_vectors.generation import Sampling
     from persona_vectors.steering import Steering
     from persona_vectors.trajectories import sample_trajectories
     from persona_vectors.distillation import distill, DistillConfig
@@ -143,7 +144,7 @@ def check_bf16_gap(f32, vector, layer: int, alpha: float, out: Path, smoke: bool
     float32 base under bf16 autocast; each scored with teacher, base and student all in float32, all in bf16 (as a bf16 study
     scores), and in bf16 with each variation that could matter: the output head in float32, cuBLAS reductions in float32, the
     adapters left in float32. Every KL comes from float32 log-probs of one fixed batching, summed in float64."""
-    from persona_vectors.models import Sampling
+    from persona_vectors.generation import Sampling
     from persona_vectors.steering import Steering
     from persona_vectors.artifacts import load_trait
     from persona_vectors.trajectories import sample_trajectories, TrajectoryDataset
@@ -408,7 +409,7 @@ def main(argv=None) -> int:
     def setup_and_extract():
         from persona_vectors.extraction import contrastive_prompts
         from persona_vectors.artifacts import load_trait
-        from persona_vectors.models import generate, Sampling
+        from persona_vectors.generation import generate, Sampling
         state["f32"], state["b16"] = _models(device, args.smoke_cpu)
         m32, tok = state["f32"]
         # contrastive answers from the float32 model ('pirate', the trait SmolLM2 shows), read by both models

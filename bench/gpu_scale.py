@@ -88,7 +88,7 @@ def steering_of(model, layer: int = 16):
 
 def decode_rows(model, tok, device, batch: int, prompt: int, new: int, repeats: int) -> dict:
     "ms per decoding step of our greedy / sampled / steered generate and of transformers' sampled generate."
-    from persona_vectors.models import generate, Sampling, left_pad
+    from persona_vectors.generation import generate, Sampling, left_pad
     from persona_vectors.steering import steer
     ps = prompts(batch, prompt, tok.vocab)
     s_sampled, s_greedy = Sampling(max_new_tokens=new, top_p=0.95, seed=0), Sampling(max_new_tokens=new, greedy=True)
@@ -123,7 +123,7 @@ def decode_rows(model, tok, device, batch: int, prompt: int, new: int, repeats: 
 
 def auto_row(model, tok, device, prompt: int, new: int, ms64: float | None) -> dict:
     "The auto batch: its size, ms/step, tokens/s, peak memory against the plan's generation memory."
-    from persona_vectors.models import generate, Sampling, auto_batch_size
+    from persona_vectors.generation import generate, Sampling, auto_batch_size
     from persona_vectors import resources as R
     b = auto_batch_size(model, prompt, new)
     ps = prompts(b, prompt, tok.vocab, seed=2)
@@ -144,7 +144,7 @@ def auto_row(model, tok, device, prompt: int, new: int, ms64: float | None) -> d
 
 def sync_row(model, tok, device, new: int) -> dict:
     "A steered sampled generation under set_sync_debug_mode('error'): the decoding steps never wait for the host."
-    from persona_vectors import models as M
+    from persona_vectors import generation as M
     from persona_vectors.steering import steer
     if not str(device).startswith("cuda"): return dict(skipped="no CUDA: set_sync_debug_mode needs a GPU")
     ps = prompts(16, 40, tok.vocab, seed=3)
@@ -162,7 +162,7 @@ def sync_row(model, tok, device, new: int) -> dict:
 
 def noise_row(device) -> dict:
     "The same seeds give the same noise and the same ids on the CPU and on the GPU (integer arithmetic is exact)."
-    from persona_vectors.models import counter_uniform, next_tokens, Sampling
+    from persona_vectors.generation import counter_uniform, next_tokens, Sampling
     if not str(device).startswith("cuda"): return dict(skipped="no CUDA")
     seeds, steps = torch.arange(64) * 1_000_003 + 17, torch.arange(64) % 7
     u_cpu, u_gpu = counter_uniform(seeds, steps, 152064), counter_uniform(seeds.cuda(), steps.cuda(), 152064).cpu()

@@ -9,7 +9,8 @@ from __future__ import annotations
 import sys, time, os, signal, shlex, threading, traceback
 from pathlib import Path
 
-from .models import load_model, DEFAULT_MODEL, Sampling
+from .models import load_model, DEFAULT_MODEL
+from .generation import Sampling
 from .parallel import is_main
 
 # %% auto #0
@@ -128,7 +129,8 @@ def chat(prompt: str = None, # the user message (none on a terminal: a conversat
          variant: str = "response_avg", # which vector of the file: response_avg, prompt_avg or prompt_last
         ) -> int:
     "Chat with a model, optionally steered by a persona vector (greedy decoding)."
-    from persona_vectors.models import generate, chat_prompt_ids
+    from persona_vectors.models import chat_prompt_ids
+    from persona_vectors.generation import generate
     from persona_vectors.steering import steer
     from persona_vectors.pipeline import ConfigError
     if vector is None and (alpha is not None or layer is not None):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .models import Sampling
+from .generation import Sampling
 from .steering import Steering
 from .records import RecordLog, atomic_write
 from .trajectories import (load_trajectories, TrajectoryDataset, DistillCollator, unwrap, output_head,

@@ -16,7 +16,8 @@ from torch import nn
 from safetensors.torch import save_file, load_file
 from transformers import Trainer, TrainingArguments, TrainerCallback
 
-from .models import decoder_layers, base_model, load_model, generate, Sampling, _seed
+from .models import decoder_layers, base_model, load_model
+from .generation import generate, Sampling, _seed
 from .steering import Steering
 from .records import write_json, read_json, RecordLog
 from .parallel import is_main, barrier

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 from safetensors.torch import save_file, load_file
-from .models import (Sampling, chat_prompt_ids, generate_logged, decoder_layers, hidden_size, base_model, padded_batch, output_head)
+from .models import chat_prompt_ids, decoder_layers, hidden_size, base_model, output_head
+from .generation import Sampling, generate_logged, padded_batch
 from .records import atomic_write, write_json, read_json, RecordLog
 from .parallel import gather_shards, is_main
 

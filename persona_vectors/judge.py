@@ -14,7 +14,8 @@ from typing import Sequence, Iterable, Any
 
 import torch
 from tqdm.auto import tqdm
-from .models import chat_prompt_ids, eos_ids, cache_dir, base_model
+from .models import chat_prompt_ids, cache_dir, base_model
+from .generation import eos_ids
 from .artifacts import rubric_problems, openai_settings
 from .parallel import map_sharded, is_main
 

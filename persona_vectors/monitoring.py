@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
 
-from .models import (Sampling, chat_prompt_ids, generate, generate_logged, decoder_layers, hidden_size,
-                                    base_model, left_pad, position_ids)
+from .models import chat_prompt_ids, decoder_layers, hidden_size, base_model
+from .generation import Sampling, generate, generate_logged, left_pad, position_ids
 from .extraction import activation_means
 from .steering import Steering, steer, unadapted, auroc
 from .records import RecordLog, atomic_write, write_json, read_json

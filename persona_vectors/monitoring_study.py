@@ -68,7 +68,7 @@ def monitoring_layer(self: Study) -> int:
 @patch
 def monitoring_data(self: Study):
     "Stage `monitoring/data`: trait and control answers without the system prompt, and the mixtures."
-    from persona_vectors.models import Sampling
+    from persona_vectors.generation import Sampling
     mc, e = self.cfg.monitoring, self.cfg.extraction
     inputs = dict(model=self.cfg.model.name, seed=self.cfg.seed, n_per_question=mc.n_per_question, max_new_tokens=mc.max_new_tokens,
                   temperature=e.temperature, top_p=e.top_p, questions_from=e.n_questions, fractions=list(mc.fractions), size=mc.size)
@@ -89,7 +89,7 @@ def monitoring_data(self: Study):
 def screening(self: Study):
     "Stage `monitoring/screening`: base answers, per-sample ΔP and its AUROC, dataset ΔP per mixture, the ranking."
     import pandas as pd
-    from persona_vectors.models import Sampling
+    from persona_vectors.generation import Sampling
     mc, e = self.cfg.monitoring, self.cfg.extraction
     inputs = dict(layer=mc.layer, batch_size=self.cfg.evaluation.batch_size)
     def fn(out):

@@ -49,7 +49,8 @@ class Study:
              dtype="config", # a dtype, None for `load_model`'s default, or 'config': the study's `model.dtype`
             ):
         "Load a model as the study does: on its `model.device`, with its `model.use_kernels` and `model.compile` (every model a stage loads)."
-        from persona_vectors.models import load_model, compile_decoding
+        from persona_vectors.models import load_model
+        from persona_vectors.generation import compile_decoding
         c = self.cfg.model
         if isinstance(dtype, str) and dtype == "config": dtype = None if c.dtype == "auto" else c.dtype
         m, t = load_model(name or c.name, dtype=dtype, device=None if c.device == "auto" else c.device, use_kernels=c.use_kernels)
@@ -95,7 +96,7 @@ class Study:
 
     def sampling(self, section, seed_offset: int = 0):
         "Explicit sampling parameters from a config section."
-        from persona_vectors.models import Sampling
+        from persona_vectors.generation import Sampling
         return Sampling(temperature=section.temperature, top_p=section.top_p, max_new_tokens=section.max_new_tokens,
                         seed=self.cfg.seed + seed_offset)
 
@@ -358,7 +359,7 @@ def trajectories(self: Study):
     def fn(out):
         from persona_vectors.trajectories import sample_trajectories
         from persona_vectors.steering import Steering
-        from persona_vectors.models import Sampling
+        from persona_vectors.generation import Sampling
         m, t = self.model(); tr = self.trait()
         s = Steering(self.steering_vector(), layer, alpha, st.positions)
         smp = Sampling(temperature=d.temperature, top_p=d.top_p, max_new_tokens=d.max_new_tokens, seed=self.cfg.seed + 2)

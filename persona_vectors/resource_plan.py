@@ -142,7 +142,7 @@ def study_stages(cfg: StudyConfig, # a validated config
 def auto_batch(s: ModelShape, # the model
                g: Generation, # a generation pass (its batch is ignored)
                acc: Accelerator, # the device
-               limit: int = 1024, # the most rows `models.generate` takes with batch_size='auto'
+               limit: int = 1024, # the most rows `generation.generate` takes with batch_size='auto'
               ) -> int:
     "The batch `batch_size='auto'` takes on `acc`: the largest whose generation memory fits with the margin."
     lo, hi = 1, max(1, min(limit, g.answers))

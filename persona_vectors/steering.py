@@ -17,8 +17,8 @@ from contextlib import nullcontext
 from pathlib import Path
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
-from .models import (current_generation_phase, decoder_layers, base_model, hidden_size, left_pad, position_ids, chat_prompt_ids,
-                                    Sampling, generate_logged)
+from .models import decoder_layers, base_model, hidden_size, chat_prompt_ids
+from .generation import current_generation_phase, left_pad, position_ids, Sampling, generate_logged
 from .extraction import activation_means
 from .records import RecordLog, atomic_write
 

@@ -16,7 +16,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from safetensors.torch import save_file
 
-from .models import Sampling, chat_prompt_ids, generate, base_model, position_ids, _seed, unwrap, output_head
+from .models import chat_prompt_ids, base_model, unwrap, output_head
+from .generation import Sampling, generate, position_ids, _seed
 from .steering import Steering, steer
 from .records import RecordLog
 from .parallel import map_sharded, is_main, barrier, world_size

@@ -42,7 +42,7 @@ def answers(models):
     "Contrastive 'pirate' answers of the float32 model (token ids), and their sides."
     from persona_vectors.extraction import contrastive_prompts
     from persona_vectors.artifacts import load_trait
-    from persona_vectors.models import generate, Sampling
+    from persona_vectors.generation import generate, Sampling
     m32, _, tok = models
     trait = load_trait("pirate")
     jobs = [(j["prompt_ids"], j["side"]) for j in contrastive_prompts(tok, trait, trait.extract_questions[:6]) if j["pair_index"] < 2]
@@ -73,7 +73,8 @@ def test_bf16_extraction_matches_float32(vector):
 def test_bf16_steering_matches_float32(models, vector):
     "The steering effect on teacher-forced log-probs in bf16 against float32, and the steered hidden state is the unsteered one plus alpha v."
     from bench.gpu_check import check_steering
-    from persona_vectors.models import chat_prompt_ids, padded_batch
+    from persona_vectors.models import chat_prompt_ids
+    from persona_vectors.generation import padded_batch
     from persona_vectors.steering import Steering, steer
     m32, m16, tok = models
     _, vec = vector
@@ -93,7 +94,8 @@ def test_bf16_steering_matches_float32(models, vector):
 
 def test_bf16_kl_against_float32(models, vector):
     "KL(steered || unsteered) on the response tokens from bf16 logits is float32 and within 5% of the float32 models' KL."
-    from persona_vectors.models import generate, Sampling, chat_prompt_ids, padded_batch
+    from persona_vectors.models import chat_prompt_ids
+    from persona_vectors.generation import generate, Sampling, padded_batch
     from persona_vectors.steering import Steering, steer
     from persona_vectors.kl_losses import kl_on_response, kl_on_response_from_hidden
     from persona_vectors.trajectories import output_head
@@ -122,7 +124,7 @@ def test_bf16_kl_against_float32(models, vector):
 
 
 def _trajectories(models, vector, tmp_path, n=16):
-    from persona_vectors.models import Sampling
+    from persona_vectors.generation import Sampling
     from persona_vectors.steering import Steering
     from persona_vectors.trajectories import sample_trajectories
     from persona_vectors.artifacts import load_trait
