@@ -42,7 +42,7 @@ def run_study(config: str, # config file or name in configs/
         want = [x.strip() for x in stages.split(",") if x.strip()]
         problems, notes = preflight(cfg.model_copy(update=dict(stages=want)) if want else cfg, environment=not dry_run)
         problems += [f"--stages: unknown stage {x!r}; expected some of {list(STAGES)}" for x in want if x not in STAGES]
-        say = print if is_main() else (lambda *a, **k: None)  # several processes (01_parallel): the main one speaks
+        say = print if is_main() else (lambda *a, **k: None)  # several processes (00_parallel): the main one speaks
         for n in notes: say(f"note: {n}", file=sys.stderr)
         if problems:
             say("cannot run:\n" + "\n".join(f"- {p}" for p in problems), file=sys.stderr); return 2

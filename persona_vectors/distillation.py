@@ -317,7 +317,7 @@ def distill_trainer(model: nn.Module, # the base model (LoRA wraps it in place; 
 def _save_dir(dest: Path, build: Callable[[Path], None]) -> Path:
     "Build a directory in a temporary sibling, then swap it in for `dest` (on the main process only)."
     dest = Path(dest)
-    if not is_main(): return dest  # several processes: rank 0 writes (01_parallel)
+    if not is_main(): return dest  # several processes: rank 0 writes (00_parallel)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:

@@ -134,7 +134,7 @@ def _means_of(model, seqs, batch_size, logprob, pad_id, dtype, layers, progress,
     up = lambda x: x if x.dtype in (torch.float32, torch.float64) else x.float()  # bf16/fp16 -> float32, never down
     if logprob: out["response_logprob"] = torch.zeros(N, dtype=torch.float64)
     # each row's own positions (left padding: the first real token, then the prompt, then the response), reduced
-    # in order: a sequence's means come out the same, bit for bit, whatever it is batched with (01_parallel)
+    # in order: a sequence's means come out the same, bit for bit, whatever it is batched with (00_parallel)
     rows = {"prompt_avg": lambda h, f, p: h[f:f + p].mean(0), "response_avg": lambda h, f, p: h[f + p:].mean(0),
             "prompt_last": lambda h, f, p: h[f + p - 1]}
     now = {}  # the batch being read: its rows and spans, and the final hidden states when they are needed
@@ -188,7 +188,7 @@ def activation_means(model, # plain or PEFT-wrapped causal LM
                     ) -> dict[str, torch.Tensor]:
     "Per-answer means of every hidden-states index: 'response_avg', 'prompt_avg', 'prompt_last', each [N, L+1, hidden]."
     _check_seqs(seqs)
-    # several processes: each reads its shard of the sequences, every process gets all the means (01_parallel)
+    # several processes: each reads its shard of the sequences, every process gets all the means (00_parallel)
     parts = gather_shards(lambda idx: _means_of(model, [seqs[i] for i in idx], batch_size, logprob, pad_id, dtype, layers,
                                                 progress and is_main(), max_tokens), len(seqs))
     if len(parts) == 1: return parts[0][1]

@@ -607,7 +607,7 @@ def generate_logged(model: PreTrainedModel, # a causal LM (plain or PEFT-wrapped
         for c in chunks:
             if c not in todo: continue
             need = [i for i in c if log is None or not log.done(jobs[i])]
-            # several processes: each generates its shard of the chunk, all get every answer back (01_parallel)
+            # several processes: each generates its shard of the chunk, all get every answer back (00_parallel)
             gens = map_sharded(lambda part: generate(model, tokenizer, [jobs[i]["prompt_ids"] for i in part], sampling=sampling,
                                                      batch_size=batch_size, seeds=[seeds[i] for i in part], context=context,
                                                      progress=False), need)

@@ -271,7 +271,7 @@ class OpenAIJudge:
               progress: bool = True, # show a progress bar
              ) -> list[Score]:
         "Score every (question, answer) with `rubric`; results in input order."
-        # several processes: each sends its shard of the requests, every process gets all the scores (01_parallel)
+        # several processes: each sends its shard of the requests, every process gets all the scores (00_parallel)
         return map_sharded(lambda part: run_sync(self.ascore(part, rubric, progress and is_main())), items)
 
     async def ascore(self, items: Sequence[tuple[str, str]], rubric: str, progress: bool = True) -> list[Score]:
@@ -417,7 +417,7 @@ class LocalJudge:
         "Score every (question, answer) with `rubric`; results in input order."
         probs = rubric_problems(rubric)
         if probs: raise ValueError("; ".join(probs))
-        # several processes: each scores its shard, every process gets all the scores (01_parallel)
+        # several processes: each scores its shard, every process gets all the scores (00_parallel)
         return map_sharded(lambda part: [self.score_prompt(self.prompt_ids(q, a, rubric)) for q, a in
                                          tqdm(part, desc="local judge", unit="answer", disable=not progress or not is_main(), leave=False)],
                            items)

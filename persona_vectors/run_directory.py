@@ -61,7 +61,7 @@ def lock_run_dir(directory: str | Path, # a run directory (created if missing)
     "Take the run directory's exclusive OS lock for this process, or raise `RunLocked` naming the process holding it."
     import fcntl
     d = Path(directory).resolve()
-    if not is_main(): return d  # several processes (01_parallel): the main process holds the lock for all of them
+    if not is_main(): return d  # several processes (00_parallel): the main process holds the lock for all of them
     d.mkdir(parents=True, exist_ok=True)
     if str(d) in _LOCKS: return d
     f = open(d/".lock", "a+")

@@ -117,7 +117,7 @@ def sample_trajectories(model, # the model to steer (the teacher's weights)
         return recs, {f"{kind}.{r['id']}": x.cpu() for r, c in zip(ok, cache) for kind, x in zip(("ids", "logp"), c)}
     W = world_size()
     bar = tqdm(total=len(todo), desc="trajectories", disable=not progress or not is_main(), leave=False)
-    for start in range(0, len(todo), W):  # several processes: one batch each per round, written in batch order (01_parallel)
+    for start in range(0, len(todo), W):  # several processes: one batch each per round, written in batch order (00_parallel)
         part = todo[start:start + W]
         for b, (recs, tensors) in zip(part, map_sharded(lambda bs: [one_batch(b) for b in bs], part)):
             if topk:

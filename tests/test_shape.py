@@ -67,3 +67,20 @@ def test_the_checks_catch_what_they_claim():
     assert cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
     g = imports()
     assert "pipeline" in g["analysis"] and "models" in g["steering"]  # the reader sees both import forms
+
+
+def notebook_of() -> dict[str, str]:
+    "module -> the notebook that exports it (its `#| default_exp`)."
+    out = {}
+    for nb in (PKG.parent/"nbs").glob("*.ipynb"):
+        for line in nb.read_text().splitlines():
+            if "#| default_exp " in line: out[line.split("#| default_exp ")[1].split("\\n")[0].strip('", ')] = nb.stem; break
+    return out
+
+
+def test_notebooks_are_numbered_in_the_order_data_flows():
+    "Every import points at a module whose notebook comes earlier: the sidebar reads from the base up."
+    nbs = notebook_of()
+    assert set(imports()) <= set(nbs), f"modules without a notebook: {sorted(set(imports()) - set(nbs))}"
+    bad = [f"{m} ({nbs[m]}) -> {n} ({nbs[n]})" for m, ns in sorted(imports().items()) for n in sorted(ns) if nbs[n] >= nbs[m]]
+    assert not bad, "imports that point at a later notebook: " + ", ".join(bad)
