@@ -1,6 +1,7 @@
 # The two commands of the README, and the install step they share.
 PY ?= python3
 FLAGS ?= slow
+JOBS ?= 2  # test processes (pytest-xdist); the longest test files start first (tests/conftest.py)
 
 .PHONY: install study test test-fast check clean-nbs bench gpu-check docs
 install: .install.stamp
@@ -18,7 +19,7 @@ study: install  ## the main job: the demo study end to end on the packaged model
 	HF_HUB_OFFLINE=1 $(PY) -m persona_vectors.cli demo
 
 test: install  ## every notebook and pytest test, slow ones included (FLAGS=slow)
-	HF_HUB_OFFLINE=1 PV_TEST_FLAGS="$(FLAGS)" $(PY) -m pytest -q --durations=12
+	HF_HUB_OFFLINE=1 PV_TEST_FLAGS="$(FLAGS)" $(PY) -m pytest -q -n $(JOBS) --dist loadfile --durations=12
 
 test-fast: install  ## skip the cells and tests flagged slow
 	HF_HUB_OFFLINE=1 PV_TEST_FLAGS="" $(PY) -m pytest -q -m "not slow"
