@@ -389,7 +389,6 @@ def _place(S: _Rows, slots: list[int], r: _Rows, cur: int):
     idx, L = torch.tensor(slots, device=S.mask.device), r.mask.shape[1]
     for ls, ld in zip(S.cache.layers, r.cache.layers):
         ls.keys[idx, :, cur - L:cur], ls.values[idx, :, cur - L:cur] = ld.keys, ld.values
-    S.mask, S.pos, S.seeds, S.steps, S.last, S.done, S.buf = (x.clone() for x in (S.mask, S.pos, S.seeds, S.steps, S.last, S.done, S.buf))
     S.mask[idx] = False; S.mask[idx, cur - L:cur] = r.mask.bool()
     for f in ("pos", "seeds", "steps", "last", "done", "buf"): getattr(S, f)[idx] = getattr(r, f)
     for i, k in zip(slots, r.keys): S.keys[i] = k

@@ -95,3 +95,26 @@ def test_readme_quick_start_runs_on_the_committed_vector():
     assert len(said) == 2 and all(s.strip() for s in said), said  # the plain answer, then the steered one
     assert said[0] != said[1], said  # greedy decoding: the steering changed the answer
     print(*said, sep="\n---\n")
+
+
+@pytest.mark.slow  # about 30 s: 64 answers of SmolLM2
+@pytest.mark.parametrize("run,setting", [("demo_run", "steer/L15_a2"), ("gap_run", "steer/base")])
+def test_committed_answers_regenerate_with_this_code(run, setting, tmp_path):
+    "A committed run's evaluation answers come out of today's code with the same ids: the copy is not stale (generation, sampler, steering)."
+    from persona_vectors.config import load_config
+    from persona_vectors.pipeline import Study
+    from persona_vectors.artifacts import load_trait
+    from persona_vectors.steering import evaluate, Steering
+    src = ROOT/"nbs"/run
+    shutil.copytree(src/"vector", tmp_path/"run"/"vector")
+    s = Study(load_config(str(src)), tmp_path/"run", quiet=True, progress=False)
+    ev, st = s.cfg.evaluation, s.cfg.steering
+    old = [json.loads(l) for l in (src/setting/"answers.jsonl").read_text().splitlines()]
+    settings = [Steering(s.steering_vector(), **{k: old[0]["steering"][0][k] for k in ("layer", "alpha", "positions")})] if old[0]["steering"] else []
+    m, t = s.model()
+    evaluate(m, t, load_trait(s.cfg.trait.name).eval_questions[:ev.n_questions], n=ev.n_samples, sampling=s.sampling(ev, 1),
+             settings=settings, monitor=None, label=setting, store=tmp_path/"new", batch_size=s.generate_batch(ev), progress=False)
+    key = lambda r: (r["question_index"], r["sample_index"])
+    new = {key(r): r["response_ids"] for r in map(json.loads, (tmp_path/"new"/"answers.jsonl").read_text().splitlines())}
+    differ = [key(r) for r in old if new.get(key(r)) != r["response_ids"]]
+    assert len(new) == len(old) and not differ, f"{run}/{setting}: {len(differ)} of {len(old)} answers differ from the committed ids: refresh the run"
