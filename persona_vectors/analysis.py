@@ -13,8 +13,8 @@ import pandas as pd
 from .records import read_json, atomic_write, RecordLog
 from fastcore.basics import patch
 from .parallel import is_main, barrier
-from .config import STAGES, report_sections
-from .pipeline import Study
+from .config import STAGES, DistillationConfig, report_sections
+from .pipeline import Study, count_trainings, sweep_variants
 from .steering import summary_row, sweep_table, write_table, plot_sweep, save_figure, readable, METRICS, EVAL_KEY
 
 # %% auto #0
@@ -298,10 +298,11 @@ def missing_report(run: RunView, # a run (its config says what it plans, its man
         "sweeps": ("Coefficient sweep", ("steer/",), True),
         "vector_methods": ("Vector methods", ("vector_methods",), bool(cfg.get("extraction", {}).get("methods"))),
         "monitoring": ("Monitoring and prevention", ("monitoring/",), bool(cfg.get("monitoring", {}).get("fractions"))),
-        "distillation": ("Distillation variants", ("trajectories", "distilled/", "counts/"), bool(d.get("variants") or d.get("trajectory_counts"))),
+        "distillation": ("Distillation variants", ("trajectories", "distilled/", "counts/", "budget/"), bool(d.get("variants") or d.get("trajectory_counts") or d.get("lr_sweep") or d.get("budget_variants"))),
         "baselines": ("Baselines (unsteered)", ("baselines/",), bool(cfg.get("baselines", {}).get("models")))}
     expected = ([f"distilled/{v}" for v in d.get("variants", [])] + ["distilled/bake"] * bool(d.get("bake"))
-                + [f"counts/{n}" for n in d.get("trajectory_counts", []) if not (n == d.get("n_trajectories") and d.get("count_variant") in d.get("variants", []))])
+                + [f"counts/{n}" for n in count_trainings(DistillationConfig(**d))] + [f"budget/{v}" for v in d.get("budget_variants", [])]
+                + [f"distilled/{v}" for names in sweep_variants(DistillationConfig(**d)).values() for v in names if v not in d.get("variants", [])]) if d else []
     parts, unfinished = [], []
     for g, (title, prefixes, enabled) in groups.items():
         if g not in want or not enabled: continue

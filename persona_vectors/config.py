@@ -18,10 +18,10 @@ from .records import atomic_write, write_json, read_json, UserError
 from .parallel import is_main, barrier, world_size
 
 # %% auto #0
-__all__ = ['OBJECTIVES', 'STAGE_GROUPS', 'STAGES', 'ModelConfig', 'TraitConfig', 'JudgeConfig', 'ExtractionConfig',
-           'SteeringConfig', 'EvaluationConfig', 'SweepConfig', 'DistillationConfig', 'MonitoringConfig',
-           'BaselinesConfig', 'StudyConfig', 'ConfigError', 'parse_override', 'validate_config', 'load_config',
-           'config_dir', 'resolve_config_path', 'StageGroup', 'report_sections']
+__all__ = ['OBJECTIVES', 'STUDENT_BIAS_SUFFIXES', 'STAGE_GROUPS', 'STAGES', 'ModelConfig', 'TraitConfig', 'JudgeConfig',
+           'ExtractionConfig', 'SteeringConfig', 'EvaluationConfig', 'SweepConfig', 'parse_variant',
+           'DistillationConfig', 'MonitoringConfig', 'BaselinesConfig', 'StudyConfig', 'ConfigError', 'parse_override',
+           'validate_config', 'load_config', 'config_dir', 'resolve_config_path', 'StageGroup', 'report_sections']
 
 # %% ../nbs/11_config.ipynb #351265e4
 class _Section(BaseModel):
@@ -116,9 +116,27 @@ class SweepConfig(_Section):
 OBJECTIVES = {"": "off-policy forward KL (teacher trajectories)", "on": "on-policy forward KL (the student's samples)",
               "on-rkl": "on-policy reverse KL", "gkd": "GKD mix (`gkd_lambda` of the student's samples, generalized JSD `gkd_beta`)"}
 
+STUDENT_BIAS_SUFFIXES = {"": "none", "bias": "zero", "bakebias": "bake", "bake": "bake-frozen"}  # '+suffix' -> DistillConfig.bias
+
+def parse_variant(name: str, # 'loraR' or 'full', then optionally '+bias' / '+bakebias' / '+bake', '-objective', '@learning-rate'
+                 ) -> dict:
+    "The parts of a distillation variant's name ('lora8+bias-gkd@0.004'): base, rank, steering bias, objective, learning rate."
+    rest, at, lr = name.partition("@")
+    rest, _, obj = rest.partition("-")
+    base, plus, bias = rest.partition("+")
+    lora = base.startswith("lora") and base[4:].isdigit() and int(base[4:]) > 0
+    try: rate = float(lr) if at else None
+    except ValueError: rate = -1.0
+    if not ((base == "full" or lora) and obj in OBJECTIVES and bias in STUDENT_BIAS_SUFFIXES and bool(bias) == bool(plus)
+            and not (base == "full" and bias) and (rate is None or rate > 0)):
+        raise ValueError(f"unknown distillation variant {name!r}: expected 'loraR' (e.g. 'lora8') or 'full', then optionally a steering "
+                         f"bias {['+' + b for b in STUDENT_BIAS_SUFFIXES if b]} (LoRA only), an objective {['-' + o for o in OBJECTIVES if o]} "
+                         "and a learning rate ('@0.004'), e.g. 'lora8+bias-gkd@0.004'")
+    return dict(base=base, r=int(base[4:]) if lora else None, bias=STUDENT_BIAS_SUFFIXES[bias], objective=obj, learning_rate=rate)
+
 class DistillationConfig(_Section):
     "Trajectories, students and the schedule."
-    variants: list[str] = ["lora8", "lora16", "lora32", "full"] # 'loraR' (rank R) or 'full', then optionally an objective: '-on', '-on-rkl', '-gkd' (`OBJECTIVES`)
+    variants: list[str] = ["lora8", "lora16", "lora32", "full"] # 'loraR' (rank R) or 'full', then optionally a steering bias '+bias', '+bakebias', '+bake', an objective '-on', '-on-rkl', '-gkd' (`OBJECTIVES`), a learning rate '@0.004' (`parse_variant`)
     n_trajectories: int = Field(1000, ge=1) # trajectories sampled from the steered teacher
     max_new_tokens: int = Field(256, ge=1) # trajectory length
     temperature: float = Field(1.0, gt=0) # trajectory sampling
@@ -141,16 +159,31 @@ class DistillationConfig(_Section):
     gkd_beta: float = Field(0.5, ge=0, le=1) # the '-gkd' objective: generalized JSD coefficient (0 forward KL, 1 reverse KL)
     own_samples: bool = False # also measure each student's gap on its own samples (its evaluation answers)
     diagnostics: bool = False # the per-position diagnostics stage: where in the response each student's gap lives
+    bias_learning_rate: Optional[float] = Field(None, gt=0) # learning rate of a steering bias trained from zero ('+bias'; None: the variant's); one from the bake ('+bakebias') moves at the adapters' rate
+    lr_sweep: dict[str, list[float]] = {} # variant -> learning rates to train it at (the rank comparison: each variant's row is its best on held-out teacher trajectories)
+    step_budgets: list[int] = [] # optimizer steps at which each `budget_variants` student is saved and evaluated (one constant-rate run to the largest)
+    budget_variants: list[str] = [] # the students of the step-budget curve
+    count_steps: Optional[int] = Field(None, ge=1) # optimizer steps of each trajectory-count run (None: max_steps)
 
-    @field_validator("variants", "count_variant")
+    @field_validator("variants", "count_variant", "budget_variants")
     @classmethod
     def _variants(cls, v):
-        for x in ([v] if isinstance(v, str) else v):
-            base, _, obj = x.partition("-")
-            if not (base == "full" or (base.startswith("lora") and base[4:].isdigit() and int(base[4:]) > 0)) or obj not in OBJECTIVES:
-                raise ValueError(f"unknown distillation variant {x!r}: expected 'loraR' (e.g. 'lora8') or 'full', optionally followed "
-                                 f"by one of {['-' + o for o in OBJECTIVES if o]} (e.g. 'lora8-gkd')")
+        for x in ([v] if isinstance(v, str) else v): parse_variant(x)
         return v
+
+    @field_validator("lr_sweep")
+    @classmethod
+    def _lr_sweep(cls, v):
+        for x, rates in v.items():
+            if parse_variant(x)["learning_rate"] is not None: raise ValueError(f"lr_sweep key {x!r} names its learning rate: the sweep sets it")
+            if not rates or min(rates) <= 0: raise ValueError(f"lr_sweep[{x!r}] must be a non-empty list of positive learning rates, got {rates}")
+        return v
+
+    @field_validator("step_budgets")
+    @classmethod
+    def _budgets(cls, v):
+        if v and min(v) < 1: raise ValueError(f"step_budgets must be >= 1, got {v}")
+        return sorted(set(v))
 
 class MonitoringConfig(_Section):
     "Monitoring and prevention (08_monitoring): trait-inducing data, its screening, fine-tunes on it with and without prevention."
@@ -288,7 +321,8 @@ STAGE_GROUPS: dict[str, StageGroup] = {g.name: g for g in (  # study order; a ne
     StageGroup("monitoring", "persona_vectors.monitoring_study", lambda c: bool(c.monitoring.fractions),
                "persona_vectors.monitoring_study:monitoring_report", "distillation",
                "persona_vectors.monitoring_study:monitoring_problems", "persona_vectors.monitoring_study:monitoring_plan"),
-    StageGroup("distillation", enabled=lambda c: bool(c.distillation.variants or c.distillation.trajectory_counts)),
+    StageGroup("distillation", enabled=lambda c: bool(c.distillation.variants or c.distillation.trajectory_counts or c.distillation.lr_sweep or c.distillation.budget_variants),
+               report="persona_vectors.distillation_shapes:shapes_report", report_after="distillation"),
     StageGroup("baselines", enabled=lambda c: bool(c.baselines.models)),
     StageGroup("report", "persona_vectors.analysis"),
 )}

@@ -7,7 +7,7 @@ Docs: https://persona-vectors.github.io/persona_vectors/distillation.html.md"""
 # %% ../nbs/07c_distillation.ipynb #a6825a23
 from __future__ import annotations
 import re, time, copy, shutil, tempfile, warnings, contextlib
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -26,10 +26,12 @@ from .trajectories import (steering_record, load_trajectories, TrajectoryDataset
 from .kl_losses import TopK, kl_on_response_from_hidden
 
 # %% auto #0
-__all__ = ['TEACHERS', 'BAKED_BIAS_FILE', 'eval_mode', 'adapters_disabled', 'SaveAtEnd', 'DistillTrainer', 'DistillConfig',
-           'lora_student', 'param_counts', 'checkpointing_args', 'enable_checkpointing', 'training_arguments',
-           'distill_trainer', 'Distilled', 'step_totals', 'last_complete_checkpoint', 'distill', 'distill_flops',
-           'bake_steering', 'save_baked', 'load_baked']
+__all__ = ['TEACHERS', 'STUDENT_BIASES', 'BAKED_BIAS_FILE', 'STUDENT_BIAS_FILE', 'eval_mode', 'adapters_disabled', 'SaveAtEnd',
+           'DistillTrainer', 'DistillConfig', 'lora_student', 'param_counts', 'checkpointing_args',
+           'enable_checkpointing', 'training_arguments', 'bake_steering', 'save_baked', 'load_baked',
+           'add_steering_bias', 'bias_removed', 'load_bias_checkpoint', 'save_student', 'load_student',
+           'StudentSnapshots', 'distill_trainer', 'Distilled', 'step_totals', 'last_complete_checkpoint', 'distill',
+           'distill_flops']
 
 # %% ../nbs/07c_distillation.ipynb #41a77d5b
 @contextlib.contextmanager
@@ -73,6 +75,8 @@ class DistillTrainer(Trainer):
                  lmbda: float = 0.0, # share of each step's sequences the student re-samples itself (0: off-policy)
                  sampling: Sampling | None = None, # how the student samples (needed when lmbda > 0)
                  student_tokenizer=None, # the student's tokenizer (needed when lmbda > 0)
+                 student_bias: nn.Parameter | None = None, # the student's steering bias (`add_steering_bias`): removed for the teacher, saved with every checkpoint
+                 bias_lr: float | None = None, # its learning rate (None: the adapters')
                  **kwargs):
         super().__init__(*args, **kwargs)
         if teacher not in TEACHERS: raise ValueError(f"unknown teacher {teacher!r}; expected one of {TEACHERS}")
@@ -89,6 +93,7 @@ class DistillTrainer(Trainer):
         if lmbda and (sampling is None or student_tokenizer is None): raise ValueError("lmbda > 0 needs `sampling` and `student_tokenizer`")
         self.steering, self.teacher, self.chunk_size = steering, teacher, chunk_size
         self.beta, self.lmbda, self.sampling, self.student_tokenizer = beta, lmbda, sampling, student_tokenizer
+        self.student_bias, self.bias_lr = student_bias, bias_lr
         self.add_callback(SaveAtEnd)
         self.teacher_model = teacher_model.to(self.args.device).eval().requires_grad_(False) if teacher_model is not None else None
         self.step_log = RecordLog(Path(self.args.output_dir).parent/"steps.jsonl", key=lambda r: r["step"])  # the main process writes it
@@ -147,8 +152,24 @@ class DistillTrainer(Trainer):
         "The teacher's final hidden states (and its head), or its cached top-k, for one batch."
         if self.teacher == "topk": return TopK(inputs["topk_ids"], inputs["topk_logp"]), None
         tm = unwrap(model) if self.teacher == "adapter" else self.teacher_model
-        with torch.no_grad(), eval_mode(tm), (adapters_disabled(tm) if self.teacher == "adapter" else contextlib.nullcontext()):
+        with torch.no_grad(), eval_mode(tm), (adapters_disabled(tm) if self.teacher == "adapter" else contextlib.nullcontext()), \
+             (bias_removed(tm, self.student_bias) if self.teacher == "adapter" else contextlib.nullcontext()):
             return forward_hidden(tm, inputs, [self.steering]), output_head(tm)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        "Trainer's save, plus the student's steering bias (PEFT saves only adapters), before a checkpoint is marked complete."
+        super().save_model(output_dir, _internal_call)
+        if self.student_bias is not None and is_main():
+            save_file({"bias": self.student_bias.detach().cpu().contiguous()}, str(Path(output_dir or self.args.output_dir)/BAKED_BIAS_FILE))
+
+    def create_optimizer(self, *args, **kwargs):
+        "Trainer's optimizer, with the steering bias in a group of its own when it has its own learning rate."
+        if self.optimizer is None and self.student_bias is not None and self.bias_lr is not None:
+            cls, kw = Trainer.get_optimizer_cls_and_kwargs(self.args, self.model)
+            rest = [p for p in self.model.parameters() if p.requires_grad and p is not self.student_bias]
+            self.optimizer = cls([dict(params=rest, weight_decay=self.args.weight_decay),
+                                  dict(params=[self.student_bias], weight_decay=0.0, lr=self.bias_lr)], **kw)
+        return super().create_optimizer(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         "Summed response-token KL of this micro-batch divided by the response tokens of the accumulated batch."
@@ -161,6 +182,8 @@ class DistillTrainer(Trainer):
         return (loss, {}) if return_outputs else loss
 
 # %% ../nbs/07c_distillation.ipynb #fd7292de
+STUDENT_BIASES = ("none", "zero", "bake", "bake-frozen")
+
 @dataclass
 class DistillConfig:
     "Every choice of a distillation run (saved with its outputs)."
@@ -189,6 +212,8 @@ class DistillConfig:
     beta: float = 0.0 # the divergence (generalized JSD, TRL's convention): 0 forward KL(teacher || student), 1 reverse KL
     lmbda: float = 0.0 # on-policy share: each step the student re-samples this share of its sequences (0: off-policy, today's)
     training_args: dict = field(default_factory=dict) # any other `TrainingArguments` (deepspeed=..., fsdp=..., ...)
+    bias: str = "none" # a steering bias beside the adapters (`add_steering_bias`): 'none'; 'zero' or 'bake' (trained from zero or from the exact bake); 'bake-frozen' (the bake, fixed)
+    bias_learning_rate: float | None = None # the bias's learning rate (None: `learning_rate`; Adam moves a bias coordinate about this much per step)
 
     def __post_init__(self):
         if self.method not in ("lora", "full"): raise ValueError(f"method must be 'lora' or 'full', got {self.method!r}")
@@ -197,6 +222,10 @@ class DistillConfig:
         if min(self.max_steps, self.batch_size, self.grad_accum, self.r, self.chunk_size) < 1: raise ValueError("steps, batch size, accumulation, rank and chunk size must be >= 1")
         _check_unit("beta", self.beta); _check_unit("lmbda", self.lmbda)
         if self.teacher == "topk" and (self.beta or self.lmbda): raise ValueError("teacher='topk' trains forward KL on stored trajectories only: beta and lmbda must be 0")
+        if self.bias not in STUDENT_BIASES: raise ValueError(f"unknown bias {self.bias!r}; expected one of {STUDENT_BIASES}")
+        if self.bias != "none" and self.method != "lora":
+            raise NotImplementedError("a steering bias is built for LoRA students (a full fine-tune would also train the zero biases the bake adds to every MLP projection)")
+        if self.bias_learning_rate is not None and self.bias not in ("zero", "bake"): raise ValueError(f"bias_learning_rate needs a trained bias ('zero' or 'bake'), not bias={self.bias!r}")
 
     def resolved_teacher(self) -> str: return ("adapter" if self.method == "lora" else "copy") if self.teacher == "auto" else self.teacher
     def lr(self) -> float: return self.learning_rate if self.learning_rate is not None else (1e-4 if self.method == "lora" else 1e-5)
@@ -276,44 +305,7 @@ def training_arguments(config: DistillConfig, # the run's configuration
               dataloader_pin_memory=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available())  # use_cpu: gloo DDP on CPU
     return TrainingArguments(**{**kw, **config.training_args})
 
-# %% ../nbs/07c_distillation.ipynb #a0c6ccf7
-def _student_sampling(records: Sequence[dict]) -> Sampling:
-    "How an on-policy student samples: as the teacher's trajectories were sampled (their recorded `sampling`)."
-    s = records[0].get("sampling") or {}
-    return Sampling(**{k: s[k] for k in ("temperature", "top_p", "max_new_tokens", "greedy", "seed") if k in s}) if s else \
-        Sampling(max_new_tokens=max(len(r["response_ids"]) + 1 for r in records))
-
-def distill_trainer(model: nn.Module, # the base model (LoRA wraps it in place; a full fine-tune trains it in place)
-                    tokenizer, # its tokenizer
-                    trajectories: Sequence[dict] | str | Path, # records, or a JSONL file of `sample_trajectories`
-                    steering: Steering, # the teacher's setting: must be the one the trajectories were sampled under
-                    output_dir: str | Path, # checkpoints go to output_dir/checkpoints
-                    config: DistillConfig = DistillConfig(), # the run's configuration
-                    callbacks: Sequence[TrainerCallback] = (), # extra `Trainer` callbacks
-                    trainer_cls: type = DistillTrainer, # the trainer class (a subclass for experiments)
-                    progress: bool = True, # progress bar and log lines
-                    teacher_model: nn.Module | None = None, # teacher 'copy': frozen base weights to use (default: a copy of `model`)
-                   ) -> DistillTrainer:
-    "A ready-to-train `DistillTrainer` (its `.model` is the student)."
-    from transformers.trainer_callback import PrinterCallback
-    records = load_trajectories(trajectories) if isinstance(trajectories, (str, Path)) else list(trajectories)
-    _check_steering(records, steering)
-    teacher = config.resolved_teacher()
-    ds = TrajectoryDataset(records, tokenizer, model, topk=teacher == "topk")
-    if teacher_model is not None and teacher != "copy": raise ValueError(f"teacher_model is for teacher='copy', not {teacher!r}")
-    if config.method == "lora":
-        student = lora_student(model, config.r, config.lora_alpha, config.lora_dropout, config.target_modules, config.seed)
-    else:
-        if teacher == "copy" and teacher_model is None: teacher_model = copy.deepcopy(model)
-        student = model.requires_grad_(True)
-    trainer = trainer_cls(model=student, args=training_arguments(config, Path(output_dir)/"checkpoints", progress), train_dataset=ds,
-                          data_collator=DistillCollator(tokenizer.pad_token_id, config.padding_side), steering=steering,
-                          teacher=teacher, teacher_model=teacher_model, chunk_size=config.chunk_size, callbacks=list(callbacks),
-                          beta=config.beta, lmbda=config.lmbda, student_tokenizer=tokenizer, sampling=_student_sampling(records))
-    if not progress: trainer.remove_callback(PrinterCallback)
-    return trainer
-
-# %% ../nbs/07c_distillation.ipynb #346de65d
+# %% ../nbs/07c_distillation.ipynb #7df64c1e
 def _save_dir(dest: Path, build: Callable[[Path], None]) -> Path:
     "Build a directory in a temporary sibling, then swap it in for `dest` (on the main process only)."
     dest = Path(dest)
@@ -336,96 +328,6 @@ def _sort_targets(adapter_dir: Path):
     c = read_json(p)
     if isinstance(c.get("target_modules"), list): c["target_modules"] = sorted(c["target_modules"]); write_json(p, c)
 
-def _checkpoint_step(path) -> int:
-    "The global step a Trainer checkpoint was written at."
-    return int(read_json(Path(path)/"trainer_state.json")["global_step"])
-
-@dataclass
-class Distilled:
-    "The result of `distill`: the student, its trainer and where its files are."
-    model: nn.Module # the trained student (PEFT model for LoRA)
-    tokenizer: object # its tokenizer
-    trainer: DistillTrainer # the trainer (state, log history)
-    output_dir: Path # adapter/, merged/ or model/, checkpoints/, distill.json
-    summary: dict # what distill.json holds
-
-# %% ../nbs/07c_distillation.ipynb #82ec35c9
-def step_totals(path: str | Path, # the `steps.jsonl` a `DistillTrainer` writes beside its checkpoints
-               ) -> dict:
-    "Tokens trained on and sampled on-policy over a run (main process), summed from its per-step log: the compute it spent."
-    recs = RecordLog(path, key=lambda r: r["step"]).records if Path(path).exists() else []
-    keys = ("trained_tokens", "loss_tokens", "on_policy_sequences", "on_policy_tokens", "on_policy_new_tokens", "on_policy_prompt_tokens",
-            "on_policy_ended_at_once")
-    return {k: sum(r[k] for r in recs) for k in keys}
-
-def last_complete_checkpoint(directory: str | Path, # the `checkpoints` directory of a distillation run
-                            ) -> str | None:
-    "The newest `checkpoint-N` in `directory` whose `trainer_state.json` was written (None if there is none)."
-    d = Path(directory)
-    if not d.is_dir(): return None
-    done = [p for p in d.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and (p/"trainer_state.json").exists()]
-    return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else None
-
-# %% ../nbs/07c_distillation.ipynb #a4f3c89f
-def distill(model: nn.Module, # the base model (LoRA wraps it in place; a full fine-tune trains it in place)
-            tokenizer, # its tokenizer
-            trajectories: Sequence[dict] | str | Path, # records, or a JSONL file of `sample_trajectories`
-            steering: Steering, # the teacher's setting: must be the one the trajectories were sampled under
-            output_dir: str | Path, # run directory
-            config: DistillConfig = DistillConfig(), # the run's configuration
-            resume: bool = True, # continue from the last checkpoint in output_dir/checkpoints
-            save: bool = True, # save the adapter / model at the end
-            save_merged: bool = True, # LoRA: also save the merged model
-            callbacks: Sequence[TrainerCallback] = (), # extra `Trainer` callbacks
-            progress: bool = True, # progress bar and log lines
-            teacher_model: nn.Module | None = None, # teacher 'copy': frozen base weights to use (default: a copy of `model`)
-           ) -> Distilled:
-    "Distill the steered teacher into `model` (LoRA or all weights) on stored trajectories; save the result."
-    output_dir = Path(output_dir)
-    trainer = distill_trainer(model, tokenizer, trajectories, steering, output_dir, config, callbacks, progress=progress,
-                              teacher_model=teacher_model)
-    ckpt = output_dir/"checkpoints"
-    last = last_complete_checkpoint(ckpt) if resume else None
-    t0 = time.time()
-    if last and _checkpoint_step(last) >= config.max_steps:
-        # a finished run: load its last checkpoint. (`Trainer.train` resuming at max_steps in the middle of an epoch
-        # would run one more step before checking; measured with transformers 5.24.)
-        from transformers import TrainerState
-        trainer._load_from_checkpoint(last)
-        trainer.state = TrainerState.load_from_json(str(Path(last)/"trainer_state.json"))
-    else: trainer.train(resume_from_checkpoint=last)
-    student = trainer.model.eval()
-    summary = dict(config=asdict(config), teacher=config.resolved_teacher(), steering=steering_record(steering),
-                   n_trajectories=len(trainer.train_dataset), steps=trainer.state.global_step, params=param_counts(student),
-                   resumed_from=last, train_seconds=round(time.time() - t0, 1),
-                   loss=[(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h], **step_totals(output_dir/"steps.jsonl"))
-    if save:
-        if config.method == "lora":
-            _save_dir(output_dir/"adapter", lambda p: (student.save_pretrained(p), tokenizer.save_pretrained(p), _sort_targets(p)))
-            if save_merged:
-                merged = copy.deepcopy(student).merge_and_unload()
-                _save_dir(output_dir/"merged", lambda p: (merged.save_pretrained(p), tokenizer.save_pretrained(p)))
-                del merged
-        else:
-            _save_dir(output_dir/"model", lambda p: (student.save_pretrained(p), tokenizer.save_pretrained(p)))
-        write_json(output_dir/"distill.json", summary)
-        barrier()  # several processes: the main process has saved before anyone goes on
-    return Distilled(student, tokenizer, trainer, output_dir, summary)
-
-# %% ../nbs/07c_distillation.ipynb #5e709a51
-def distill_flops(totals: dict, # token totals of a run (`step_totals`, in `distill`'s summary)
-                  n_params: int, # parameters of the model (total, not trainable)
-                  method: str = "lora", # 'lora' (no weight gradients for the frozen base) or 'full'
-                 ) -> dict:
-    "Training compute of a distillation run, in FLOPs (2 per parameter and token forward): sampling, teacher, student."
-    off_tokens = totals["trained_tokens"] - totals.get("on_policy_tokens", 0)  # sequences the teacher sampled beforehand
-    f = dict(teacher_sampling=2 * n_params * off_tokens,  # the trajectories trained on (at least one forward per token)
-             student_sampling=2 * n_params * (totals.get("on_policy_prompt_tokens", 0) + totals.get("on_policy_new_tokens", 0)),
-             teacher_forward=2 * n_params * totals["trained_tokens"],
-             student_train=(4 if method == "lora" else 6) * n_params * totals["trained_tokens"])  # forward + activation (+ weight) gradients
-    return dict(f, total=sum(f.values()))
-
-# %% ../nbs/07c_distillation.ipynb #7df64c1e
 _MLP_OUT = ("mlp.down_proj", "mlp.c_proj")
 _POST_MLP_NORMS = ("post_feedforward_layernorm", "post_mlp_layernorm")
 BAKED_BIAS_FILE = "steering_bias.safetensors"
@@ -502,3 +404,211 @@ def load_baked(path: str | Path, # a directory written by `save_baked`
     elif mod.bias is None or not torch.equal(mod.bias.detach().cpu().to(bias.dtype), bias):
         raise RuntimeError(f"{path}: the baked bias did not survive loading ({rec['param']})")
     return model, tok
+
+# %% ../nbs/07c_distillation.ipynb #3646d503
+STUDENT_BIAS_FILE = "student_bias.json"
+
+def add_steering_bias(model: nn.Module, # a plain transformers causal LM (modified in place)
+                      steering: Steering, # the teacher's setting: its layer (and, for 'bake', its direction and alpha)
+                      init: str = "zero", # 'zero', or 'bake' (alpha * v[l], the exact bake of all-position steering)
+                     ) -> nn.Parameter:
+    "Give block `layer-1`'s MLP output a bias where steering adds its offset (zero, or the bake), and return it."
+    if init not in ("zero", "bake"): raise ValueError(f"init must be 'zero' or 'bake', got {init!r}")
+    bake_steering(model, replace(steering, alpha=float(steering.alpha) if init == "bake" else 0.0, positions="all"))
+    m = base_model(model)
+    m.config.persona_steering_bias["init"] = init
+    return m.get_parameter(m.config.persona_steering_bias["param"])
+
+@contextlib.contextmanager
+def bias_removed(model: nn.Module, # a model holding `bias` (PEFT-wrapped or not)
+                 bias: nn.Parameter | None, # the bias `add_steering_bias` gave it (None: nothing to remove)
+                ):
+    "Within the block, `model` runs without its steering bias (the base model, as the teacher needs it)."
+    if bias is None: yield model; return
+    owner = next((mod for mod in model.modules() if mod._parameters.get("bias") is bias), None)
+    if owner is None: raise ValueError("the steering bias is not a parameter of this model")
+    owner.bias = None
+    try: yield model
+    finally: owner.bias = bias
+
+# %% ../nbs/07c_distillation.ipynb #5d25d647
+def load_bias_checkpoint(bias: nn.Parameter, # the student's steering bias (changed in place)
+                         checkpoint: str | Path, # a `checkpoint-N` directory of a biased student's run
+                        ):
+    "Restore the steering bias of a checkpoint (before `Trainer.train` resumes from it)."
+    f = Path(checkpoint)/BAKED_BIAS_FILE
+    if not f.exists(): raise FileNotFoundError(f"{checkpoint} holds no steering bias ({BAKED_BIAS_FILE}): it was not written by a biased student's run")
+    with torch.no_grad(): bias.copy_(load_file(str(f))["bias"].to(bias.device, bias.dtype))
+
+def save_student(student: nn.Module, # a LoRA (PEFT) student or a fully fine-tuned model
+                 tokenizer, # its tokenizer
+                 path: str | Path, # the directory to write (swapped in whole)
+                 bias: nn.Parameter | None = None, # its steering bias, if it has one
+                ) -> Path:
+    "Save a student: the adapter (PEFT format) and its steering bias, or the whole model; reload with `load_student`."
+    def build(p):
+        if hasattr(student, "disable_adapter"): student.save_pretrained(p); _sort_targets(p)
+        else: student.save_pretrained(p)
+        tokenizer.save_pretrained(p)
+        if bias is not None:
+            rec = base_model(student).config.persona_steering_bias
+            save_file({"bias": bias.detach().cpu().contiguous()}, str(Path(p)/BAKED_BIAS_FILE))
+            write_json(Path(p)/STUDENT_BIAS_FILE, dict(param=rec["param"], layer=rec["layer"], init=rec.get("init"), trained=bool(bias.requires_grad)))
+    return _save_dir(Path(path), build)
+
+def load_student(model: nn.Module, # the base model the student was trained from (a LoRA student: its bias and adapter go on it)
+                 path: str | Path, # a directory `save_student` wrote
+                ) -> nn.Module:
+    "A saved LoRA student on `model`: its steering bias (if any) re-added, then its adapter; in eval mode."
+    from peft import PeftModel
+    p = Path(path)
+    if (p/STUDENT_BIAS_FILE).exists():
+        rec, b = read_json(p/STUDENT_BIAS_FILE), load_file(str(p/BAKED_BIAS_FILE))["bias"]
+        bias = add_steering_bias(model, Steering(b, int(rec["layer"]), 1.0, "all"), "bake")
+        if base_model(model).config.persona_steering_bias["param"] != rec["param"]: raise ValueError(f"{p}: the bias belongs on {rec['param']}")
+        with torch.no_grad(): bias.copy_(b.to(bias.device, bias.dtype))  # the saved values exactly (1.0 * b in float64 is b)
+    return PeftModel.from_pretrained(model, p).eval()
+
+class StudentSnapshots(TrainerCallback):
+    "Save the student (adapter and steering bias) after each of the given optimizer steps: one run gives every budget's student."
+    def __init__(self, steps: Sequence[int], # the optimizer steps to save at
+                 directory: str | Path, # snapshots go to directory/step<k>
+                 tokenizer, # the student's tokenizer (saved beside it)
+                 bias: nn.Parameter | None = None): # the student's steering bias
+        self.steps, self.directory, self.tokenizer, self.bias = set(steps), Path(directory), tokenizer, bias
+    def on_step_end(self, args, state, control, model=None, **kw):
+        if state.global_step in self.steps and not (self.directory/f"step{state.global_step}").exists():
+            save_student(unwrap(model), self.tokenizer, self.directory/f"step{state.global_step}", self.bias)
+
+# %% ../nbs/07c_distillation.ipynb #a0c6ccf7
+def _student_sampling(records: Sequence[dict]) -> Sampling:
+    "How an on-policy student samples: as the teacher's trajectories were sampled (their recorded `sampling`)."
+    s = records[0].get("sampling") or {}
+    return Sampling(**{k: s[k] for k in ("temperature", "top_p", "max_new_tokens", "greedy", "seed") if k in s}) if s else \
+        Sampling(max_new_tokens=max(len(r["response_ids"]) + 1 for r in records))
+
+def distill_trainer(model: nn.Module, # the base model (LoRA wraps it in place; a full fine-tune trains it in place)
+                    tokenizer, # its tokenizer
+                    trajectories: Sequence[dict] | str | Path, # records, or a JSONL file of `sample_trajectories`
+                    steering: Steering, # the teacher's setting: must be the one the trajectories were sampled under
+                    output_dir: str | Path, # checkpoints go to output_dir/checkpoints
+                    config: DistillConfig = DistillConfig(), # the run's configuration
+                    callbacks: Sequence[TrainerCallback] = (), # extra `Trainer` callbacks
+                    trainer_cls: type = DistillTrainer, # the trainer class (a subclass for experiments)
+                    progress: bool = True, # progress bar and log lines
+                    teacher_model: nn.Module | None = None, # teacher 'copy': frozen base weights to use (default: a copy of `model`)
+                   ) -> DistillTrainer:
+    "A ready-to-train `DistillTrainer` (its `.model` is the student)."
+    from transformers.trainer_callback import PrinterCallback
+    records = load_trajectories(trajectories) if isinstance(trajectories, (str, Path)) else list(trajectories)
+    _check_steering(records, steering)
+    teacher = config.resolved_teacher()
+    ds = TrajectoryDataset(records, tokenizer, model, topk=teacher == "topk")
+    if teacher_model is not None and teacher != "copy": raise ValueError(f"teacher_model is for teacher='copy', not {teacher!r}")
+    bias = None
+    if config.bias != "none":  # at block layer-1's MLP output, where steering adds its offset; frozen by PEFT, then released
+        bias = add_steering_bias(model, steering, "zero" if config.bias == "zero" else "bake")
+    if config.method == "lora":
+        student = lora_student(model, config.r, config.lora_alpha, config.lora_dropout, config.target_modules, config.seed)
+        if bias is not None: bias.requires_grad_(config.bias != "bake-frozen")
+    else:
+        if teacher == "copy" and teacher_model is None: teacher_model = copy.deepcopy(model)
+        student = model.requires_grad_(True)
+    trainer = trainer_cls(model=student, args=training_arguments(config, Path(output_dir)/"checkpoints", progress), train_dataset=ds,
+                          data_collator=DistillCollator(tokenizer.pad_token_id, config.padding_side), steering=steering,
+                          teacher=teacher, teacher_model=teacher_model, chunk_size=config.chunk_size, callbacks=list(callbacks),
+                          beta=config.beta, lmbda=config.lmbda, student_tokenizer=tokenizer, sampling=_student_sampling(records),
+                          student_bias=bias, bias_lr=config.bias_learning_rate if bias is not None and bias.requires_grad else None)
+    if not progress: trainer.remove_callback(PrinterCallback)
+    return trainer
+
+# %% ../nbs/07c_distillation.ipynb #346de65d
+def _checkpoint_step(path) -> int:
+    "The global step a Trainer checkpoint was written at."
+    return int(read_json(Path(path)/"trainer_state.json")["global_step"])
+
+@dataclass
+class Distilled:
+    "The result of `distill`: the student, its trainer and where its files are."
+    model: nn.Module # the trained student (PEFT model for LoRA)
+    tokenizer: object # its tokenizer
+    trainer: DistillTrainer # the trainer (state, log history)
+    output_dir: Path # adapter/, merged/ or model/, checkpoints/, distill.json
+    summary: dict # what distill.json holds
+
+# %% ../nbs/07c_distillation.ipynb #82ec35c9
+def step_totals(path: str | Path, # the `steps.jsonl` a `DistillTrainer` writes beside its checkpoints
+               ) -> dict:
+    "Tokens trained on and sampled on-policy over a run (main process), summed from its per-step log: the compute it spent."
+    recs = RecordLog(path, key=lambda r: r["step"]).records if Path(path).exists() else []
+    keys = ("trained_tokens", "loss_tokens", "on_policy_sequences", "on_policy_tokens", "on_policy_new_tokens", "on_policy_prompt_tokens",
+            "on_policy_ended_at_once")
+    return {k: sum(r[k] for r in recs) for k in keys}
+
+def last_complete_checkpoint(directory: str | Path, # the `checkpoints` directory of a distillation run
+                            ) -> str | None:
+    "The newest `checkpoint-N` in `directory` whose `trainer_state.json` was written (None if there is none)."
+    d = Path(directory)
+    if not d.is_dir(): return None
+    done = [p for p in d.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and (p/"trainer_state.json").exists()]
+    return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else None
+
+# %% ../nbs/07c_distillation.ipynb #a4f3c89f
+def distill(model: nn.Module, # the base model (LoRA wraps it in place; a full fine-tune trains it in place)
+            tokenizer, # its tokenizer
+            trajectories: Sequence[dict] | str | Path, # records, or a JSONL file of `sample_trajectories`
+            steering: Steering, # the teacher's setting: must be the one the trajectories were sampled under
+            output_dir: str | Path, # run directory
+            config: DistillConfig = DistillConfig(), # the run's configuration
+            resume: bool = True, # continue from the last checkpoint in output_dir/checkpoints
+            save: bool = True, # save the adapter / model at the end
+            save_merged: bool = True, # LoRA: also save the merged model
+            callbacks: Sequence[TrainerCallback] = (), # extra `Trainer` callbacks
+            progress: bool = True, # progress bar and log lines
+            teacher_model: nn.Module | None = None, # teacher 'copy': frozen base weights to use (default: a copy of `model`)
+           ) -> Distilled:
+    "Distill the steered teacher into `model` (LoRA or all weights) on stored trajectories; save the result."
+    output_dir = Path(output_dir)
+    trainer = distill_trainer(model, tokenizer, trajectories, steering, output_dir, config, callbacks, progress=progress,
+                              teacher_model=teacher_model)
+    ckpt = output_dir/"checkpoints"
+    last = last_complete_checkpoint(ckpt) if resume else None
+    if last and trainer.student_bias is not None: load_bias_checkpoint(trainer.student_bias, last)
+    t0 = time.time()
+    if last and _checkpoint_step(last) >= config.max_steps:
+        # a finished run: load its last checkpoint. (`Trainer.train` resuming at max_steps in the middle of an epoch
+        # would run one more step before checking; measured with transformers 5.24.)
+        from transformers import TrainerState
+        trainer._load_from_checkpoint(last)
+        trainer.state = TrainerState.load_from_json(str(Path(last)/"trainer_state.json"))
+    else: trainer.train(resume_from_checkpoint=last)
+    student = trainer.model.eval()
+    summary = dict(config=asdict(config), teacher=config.resolved_teacher(), steering=steering_record(steering),
+                   n_trajectories=len(trainer.train_dataset), steps=trainer.state.global_step, params=param_counts(student),
+                   resumed_from=last, train_seconds=round(time.time() - t0, 1),
+                   loss=[(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h], **step_totals(output_dir/"steps.jsonl"))
+    if save:
+        if config.method == "lora":
+            save_student(student, tokenizer, output_dir/"adapter", trainer.student_bias)
+            if save_merged:
+                merged = copy.deepcopy(student).merge_and_unload()
+                _save_dir(output_dir/"merged", lambda p: (merged.save_pretrained(p), tokenizer.save_pretrained(p)))
+                del merged
+        else:
+            _save_dir(output_dir/"model", lambda p: (student.save_pretrained(p), tokenizer.save_pretrained(p)))
+        write_json(output_dir/"distill.json", summary)
+        barrier()  # several processes: the main process has saved before anyone goes on
+    return Distilled(student, tokenizer, trainer, output_dir, summary)
+
+# %% ../nbs/07c_distillation.ipynb #5e709a51
+def distill_flops(totals: dict, # token totals of a run (`step_totals`, in `distill`'s summary)
+                  n_params: int, # parameters of the model (total, not trainable)
+                  method: str = "lora", # 'lora' (no weight gradients for the frozen base) or 'full'
+                 ) -> dict:
+    "Training compute of a distillation run, in FLOPs (2 per parameter and token forward): sampling, teacher, student."
+    off_tokens = totals["trained_tokens"] - totals.get("on_policy_tokens", 0)  # sequences the teacher sampled beforehand
+    f = dict(teacher_sampling=2 * n_params * off_tokens,  # the trajectories trained on (at least one forward per token)
+             student_sampling=2 * n_params * (totals.get("on_policy_prompt_tokens", 0) + totals.get("on_policy_new_tokens", 0)),
+             teacher_forward=2 * n_params * totals["trained_tokens"],
+             student_train=(4 if method == "lora" else 6) * n_params * totals["trained_tokens"])  # forward + activation (+ weight) gradients
+    return dict(f, total=sum(f.values()))

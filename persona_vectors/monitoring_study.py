@@ -220,9 +220,17 @@ def monitoring_report(directory: str | Path, # a run directory
                   f"- dataset ΔP against the fine-tuned trait index, over the mixtures: {_corr(mix.dataset_dp.tolist(), mix.trait_index_mean.tolist())}"]
     allft = pd.DataFrame([summary_row(e["summary"], name=e["summary"]["name"], shift_prompt_last=e["summary"]["shift_prompt_last"])
                           for e in fts.values()])
+    if len(mix) >= 3:  # the paper's measure: fine-tunes that differ only in their data
+        parts += [f"- **the fine-tuning shift as the paper measures it**: last-prompt-token shift against the fine-tuned trait index, over the "
+                  f"{len(mix)} data-only fine-tunes (the mixtures; the paper's range r = 0.76 to 0.97): "
+                  f"{_corr(mix.shift_prompt_last.tolist(), mix.trait_index_mean.tolist())}"]
+    inter = allft[~allft.name.str.startswith("mix")].sort_values("name") if len(allft) else allft
+    if len(inter):  # prevention and ablation change the training itself: reported apart from the data-only fine-tunes
+        parts += [f"- the fine-tunes that intervene in training ({', '.join(inter.name)}), reported apart: shift "
+                  + ", ".join(f"{r.shift_prompt_last:+.2f}" for r in inter.itertuples()) + " against trait index "
+                  + ", ".join(f"{r.trait_index_mean:.1f}" for r in inter.itertuples())
+                  + f"; over all {len(allft)} fine-tunes together: {_corr(allft.shift_prompt_last.tolist(), allft.trait_index_mean.tolist())}"]
     if len(allft):
-        parts += [f"- last-prompt-token shift against the trait index, over all {len(allft)} fine-tunes (mixtures, prevention, "
-                  f"ablation): {_corr(allft.shift_prompt_last.tolist(), allft.trait_index_mean.tolist())}"]
         if "trait_score_mean" in allft and allft.trait_score_mean.notna().sum() >= 3:
             parts += [f"- the same shift against the judge's trait score: {_corr(allft.shift_prompt_last.tolist(), allft.trait_score_mean.tolist())}"]
         parts += [""]

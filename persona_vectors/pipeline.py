@@ -22,7 +22,8 @@ from .checks import *
 from .run_directory import *
 
 # %% auto #0
-__all__ = ['steer_stage', 'Study', 'sweep_settings', 'choose_setting', 'variant_config', 'count_trainings', 'plan']
+__all__ = ['steer_stage', 'Study', 'sweep_settings', 'choose_setting', 'variant_config', 'count_trainings', 'sweep_variants',
+           'plan']
 
 # %% ../nbs/14_pipeline.ipynb #deae95ba
 def _slug(x) -> str:
@@ -379,9 +380,8 @@ def diagnostics(self: Study):
     names = [f"distilled/{v}" for v in d.variants] + (["distilled/bake"] if d.bake else [])
     def fn(out):
         import pandas as pd
-        from peft import PeftModel
         from persona_vectors.steering import Steering
-        from persona_vectors.distillation import load_baked
+        from persona_vectors.distillation import load_baked, load_student
         from persona_vectors.trajectories import load_trajectories
         from persona_vectors.distill_eval import token_kl, gap_by_position, first_k_share
         m, t = self.model(); dev = None if c.device == "auto" else c.device
@@ -392,8 +392,8 @@ def diagnostics(self: Study):
             v = name.split("/", 1)[1]; f = out/f"{v}.csv"
             if not f.exists():
                 if v == "bake": student, base = load_baked(self.run.path(name)/"model", dtype=m.dtype, device=dev, use_kernels=c.use_kernels)[0], m
-                elif v.partition("-")[0] == "full": student, base = self.load(str(self.run.path(name)/"train"/"model"), dtype=m.dtype)[0], m
-                else: student, base = PeftModel.from_pretrained(self.load(dtype=m.dtype)[0], self.run.path(name)/"train"/"adapter").eval(), None
+                elif parse_variant(v)["base"] == "full": student, base = self.load(str(self.run.path(name)/"train"/"model"), dtype=m.dtype)[0], m
+                else: student, base = load_student(self.load(dtype=m.dtype)[0], self.run.path(name)/"train"/"adapter"), None
                 atomic_write(f, token_kl(student, held, teacher, base=base, tokenizer=t, batch_size=self.cfg.evaluation.batch_size,
                                          progress=self.progress).to_csv(index=False))
                 del student
@@ -403,16 +403,23 @@ def diagnostics(self: Study):
     return self.run.stage("diagnostics", dict(students=names, n_heldout=d.n_heldout), names, fn)
 
 # %% ../nbs/14_pipeline.ipynb #e1542649
-def variant_config(variant: str, # 'loraR' or 'full', optionally with an objective ('lora8-gkd'; see `OBJECTIVES`)
+def variant_config(variant: str, # a variant name: 'lora8', 'lora8+bias-gkd@0.004' (`parse_variant`)
                    d: DistillationConfig, # the [distillation] section
                    seed: int, # the run seed
                   ):
     "The `DistillConfig` of a variant name."
+    p = parse_variant(variant)
+    cfg = _base_config(p["base"], d, seed)
+    if p["objective"]:
+        lmbda, beta = dict(on=(1.0, 0.0), **{"on-rkl": (1.0, 1.0)}, gkd=(d.gkd_lambda, d.gkd_beta))[p["objective"]]
+        cfg = replace(cfg, lmbda=lmbda, beta=beta)
+    if p["bias"] != "none":
+        cfg = replace(cfg, bias=p["bias"], bias_learning_rate=d.bias_learning_rate if p["bias"] == "zero" else None)  # from the bake: the adapters' rate
+    return replace(cfg, learning_rate=p["learning_rate"]) if p["learning_rate"] else cfg
+
+def _base_config(variant: str, d: DistillationConfig, seed: int):
+    "The `DistillConfig` of 'loraR' or 'full'."
     from persona_vectors.distillation import DistillConfig
-    variant, _, obj = variant.partition("-")
-    if obj:
-        lmbda, beta = dict(on=(1.0, 0.0), **{"on-rkl": (1.0, 1.0)}, gkd=(d.gkd_lambda, d.gkd_beta))[obj]
-        return replace(variant_config(variant, d, seed), lmbda=lmbda, beta=beta)
     if variant == "full":
         return DistillConfig(method="full", max_steps=d.max_steps, batch_size=d.batch_size, grad_accum=d.grad_accum,
                              learning_rate=d.full_learning_rate, seed=seed, save_steps=max(1, d.max_steps // 5),
@@ -423,6 +430,11 @@ def variant_config(variant: str, # 'loraR' or 'full', optionally with an objecti
                          target_modules=list(d.target_modules), max_steps=d.max_steps, batch_size=d.batch_size,
                          grad_accum=d.grad_accum, learning_rate=d.learning_rate, seed=seed, save_steps=max(1, d.max_steps // 5),
                          gradient_checkpointing=d.gradient_checkpointing is True)
+
+def _key_config(cfg) -> dict:
+    "A `DistillConfig` as a stage's inputs: the fields added later leave the key unchanged while at their defaults (older runs stay done)."
+    later = dict(bias="none", bias_learning_rate=None)
+    return {k: v for k, v in cfg.__dict__.items() if not (k in later and v == later[k])}
 
 @patch
 def _evaluate_student(self: Study, student, out: Path, label: str, base=None, student_settings=()) -> dict:
@@ -458,7 +470,8 @@ def distilled(self: Study, variant: str, n_trajectories: int | None = None):
     n = n_trajectories or d.n_trajectories
     name = f"counts/{n}" if n_trajectories else f"distilled/{variant}"
     cfg_ = variant_config(variant, d, self.cfg.seed)
-    inputs = dict(variant=variant, n=n, config={k: v for k, v in cfg_.__dict__.items()}, evaluation=self.cfg.evaluation.model_dump(),
+    if n_trajectories and d.count_steps: cfg_ = replace(cfg_, max_steps=d.count_steps, save_steps=max(1, d.count_steps // 5))
+    inputs = dict(variant=variant, n=n, config=_key_config(cfg_), evaluation=self.cfg.evaluation.model_dump(),
                   judge=self.judge_inputs(), **({"own_samples": True} if d.own_samples else {}))  # absent when off: older runs keep their keys
     def fn(out):
         from persona_vectors.trajectories import load_trajectories
@@ -469,7 +482,7 @@ def distilled(self: Study, variant: str, n_trajectories: int | None = None):
         m, t = self.model()
         # a bf16 / fp16 study trains under autocast: LoRA keeps the frozen base in the study's dtype (its adapters are
         # float32), a full fine-tune loads float32 master weights; the student is evaluated in the study's dtype
-        half, full = m.dtype in (torch.bfloat16, torch.float16), variant.partition("-")[0] == "full"
+        half, full = m.dtype in (torch.bfloat16, torch.float16), parse_variant(variant)["base"] == "full"
         dtype = torch.float32 if half and full else m.dtype
         student, _ = self.load(dtype=dtype)
         trajs = load_trajectories(self.run.path("trajectories")/"train.jsonl")[:n]
@@ -484,7 +497,8 @@ def distilled(self: Study, variant: str, n_trajectories: int | None = None):
                                       base=m if full else None)
         flops = distill_flops(res.summary, summ["total_params"], "full" if full else "lora")
         del res, student
-        return dict(summ, n_trajectories=n, steps=cfg_.max_steps, objective=OBJECTIVES[variant.partition("-")[2]], train_flops=flops["total"], flops=flops)
+        return dict(summ, n_trajectories=n, steps=cfg_.max_steps, objective=OBJECTIVES[parse_variant(variant)["objective"]], train_flops=flops["total"], flops=flops,
+                    learning_rate=cfg_.lr(), **({"bias": cfg_.bias, "bias_learning_rate": cfg_.bias_learning_rate} if cfg_.bias != "none" else {}))
     return self.run.stage(name, inputs, ["trajectories"], fn)
 
 @patch
@@ -508,17 +522,65 @@ def bake(self: Study):
 def count_trainings(d: DistillationConfig, # the [distillation] section
                    ) -> list[int]:
     "The trajectory counts that need a training of their own: the count equal to `n_trajectories` of a variant the study trains anyway is that variant's stage."
-    return [n for n in d.trajectory_counts if not (n == d.n_trajectories and d.count_variant in d.variants)]
+    same = d.count_variant in d.variants and d.count_steps in (None, d.max_steps)
+    return [n for n in d.trajectory_counts if not (n == d.n_trajectories and same)]
+
+def sweep_variants(d: DistillationConfig, # the [distillation] section
+                  ) -> dict[str, list[str]]:
+    "The learning-rate sweep as stage variants: each swept variant's names, one per rate ('lora16@0.004'; the study's own variant at its own rate)."
+    out = {}
+    for v, rates in d.lr_sweep.items():
+        own = variant_config(v, d, 0).lr()
+        out[v] = [v if (lr == own and v in d.variants) else f"{v}@{lr:g}" for lr in rates]
+    return out
+
+@patch
+def budget(self: Study, variant: str):
+    "Stage `budget/<variant>`: one constant-rate run to the largest of `step_budgets`, the student saved and evaluated at each budget."
+    d = self.cfg.distillation
+    steps = list(d.step_budgets)
+    cfg_ = replace(variant_config(variant, d, self.cfg.seed), max_steps=steps[-1], lr_scheduler="constant", save_steps=max(1, steps[-1] // 8))
+    inputs = dict(variant=variant, n=d.n_trajectories, budgets=steps, config=_key_config(cfg_), evaluation=self.cfg.evaluation.model_dump(),
+                  judge=self.judge_inputs(), own_samples=bool(d.own_samples))
+    def fn(out):
+        from persona_vectors.trajectories import load_trajectories
+        from persona_vectors.distillation import distill, distill_flops, StudentSnapshots, load_student
+        from persona_vectors.records import RecordLog
+        from persona_vectors.steering import Steering
+        if parse_variant(variant)["base"] == "full": raise ConfigError(f"budget_variants: {variant!r} is a full fine-tune; the step-budget curve saves LoRA students")
+        m, t = self.model()
+        trajs = load_trajectories(self.run.path("trajectories")/"train.jsonl")[:d.n_trajectories]
+        teacher = Steering(self.steering_vector(), *self.point(), self.cfg.steering.positions)
+        distill(self.load(dtype=m.dtype)[0], t, trajs, teacher, out/"train", replace(cfg_, batch_size=cfg_.batch_size // world_size()),
+                save_merged=False, progress=self.progress, callbacks=[StudentSnapshots(steps, out/"snapshots", t)])
+        log = RecordLog(out/"train"/"steps.jsonl", key=lambda r: r["step"]).records
+        rows = []
+        for k in steps:  # each budget's evaluation is written as it is done: a resumed stage skips the finished ones
+            f = out/f"step{k}"/"summary.json"
+            if not f.exists():
+                student = load_student(self.load(dtype=m.dtype)[0], out/"snapshots"/f"step{k}")
+                summ = self._evaluate_student(student, out/f"step{k}"/"eval", f"{variant} ({k} steps)")
+                totals = {key: sum(r.get(key, 0) for r in log if r["step"] < k) for key in ("trained_tokens", "on_policy_new_tokens", "on_policy_prompt_tokens", "on_policy_tokens")}
+                write_json(f, dict(summ, steps=k, train_flops=distill_flops(totals, summ["total_params"], "lora")["total"]))
+                del student
+            rows.append(read_json(f))
+        return dict(variant=variant, lr_scheduler="constant", learning_rate=cfg_.lr(), budgets=rows)
+    return self.run.stage(f"budget/{variant}", inputs, ["trajectories"], fn)
 
 @patch
 def distillation(self: Study):
-    "Stages of the distillation: trajectories, each variant, the bake, the trajectory-count sweep."
+    "Stages of the distillation: trajectories, each variant, the bake, the diagnostics, the trajectory counts, the learning-rate sweep, the step budgets."
     d = self.cfg.distillation
     self.trajectories()
     for v in d.variants: self.distilled(v)
     if d.bake: self.bake()
-    for n in count_trainings(d): self.distilled(d.count_variant, n)  # the same data, config and seed would give the same student
     if d.diagnostics: self.diagnostics()
+    for n in count_trainings(d): self.distilled(d.count_variant, n)  # the same data, config and seed would give the same student
+    from itertools import zip_longest
+    sweep = [v for names in zip_longest(*sweep_variants(d).values()) for v in names if v]  # every variant's first rate, then the second, ...
+    for v in sweep:
+        if v not in d.variants: self.distilled(v)
+    for v in d.budget_variants: self.budget(v)
 
 # %% ../nbs/14_pipeline.ipynb #b92ed123
 @patch

@@ -47,6 +47,8 @@ def test_monitoring_stages_on_a_tiny_model(tmp_path):
     rep = (tmp_path/"run"/"report.md").read_text()
     assert "## Monitoring and prevention" in rep and "dataset ΔP against the fine-tuned trait index" in rep
     assert "steering +4" in rep and "direction ablated" in rep and "steering -4" in rep
+    # the paper's measure over the data-only fine-tunes (the three mixtures), the interventions apart
+    assert "over the 3 data-only fine-tunes" in rep and "(n = 3)" in rep and "the fine-tunes that intervene in training (ablate, prevent4)" in rep
     assert (tmp_path/"run"/"figures"/"monitoring_prevention.png").stat().st_size > 1000
     assert (tmp_path/"run"/"tables"/"monitoring_prevention.csv").exists() and (tmp_path/"run"/"tables"/"monitoring_mixtures.md").exists()
     # a rerun is a no-op: every monitoring stage is up to date

@@ -7,7 +7,7 @@ PKG = Path(__file__).resolve().parents[1]/"persona_vectors"
 # The library knows nothing of studies; the study layer (config, run directory, stage groups, report, plan, CLI) sits on it.
 LIBRARY = {"records", "parallel", "models", "generation", "artifacts", "judge", "extraction", "steering", "trajectories", "kl_losses",
            "distillation", "distill_eval", "monitoring", "interop", "resources"}
-STUDY = {"config", "checks", "run_directory", "pipeline", "analysis", "monitoring_study", "vector_methods_study", "resource_plan", "cli"}
+STUDY = {"config", "checks", "run_directory", "pipeline", "analysis", "monitoring_study", "vector_methods_study", "distillation_shapes", "resource_plan", "cli"}
 
 
 def imports() -> dict[str, set[str]]:
