@@ -83,9 +83,11 @@ def config_problems(cfg: StudyConfig, # a validated config
         p.append("steering.layer and steering.alpha are both 'auto': set sweeps.layer_alpha, the non-zero coefficient the layer "
                  "sweep runs at (the layer is chosen first, then the coefficient at that layer)")
     if sw.layer_alpha is not None and not math.isfinite(sw.layer_alpha): p.append(f"sweeps.layer_alpha = {sw.layer_alpha}: must be a finite number")
+    if d.budget_variants and not d.step_budgets: p.append("distillation.budget_variants needs distillation.step_budgets (the optimizer steps to save and evaluate at)")
+    p += [f"distillation.budget_variants: {v!r} is a full fine-tune; the step-budget curve saves LoRA students" for v in d.budget_variants if parse_variant(v)["base"] == "full"]
     p += [f"distillation.trajectory_counts[{j}] = {n}: must be between 1 and distillation.n_trajectories = {d.n_trajectories}"
           for j, n in enumerate(d.trajectory_counts) if not 1 <= n <= d.n_trajectories]
-    lora = [v for v in list(d.variants) + ([d.count_variant] if d.trajectory_counts else []) if v.startswith("lora")]
+    lora = [v for v in list(d.variants) + list(d.lr_sweep) + list(d.budget_variants) + ([d.count_variant] if d.trajectory_counts else []) if v.startswith("lora")]
     if lora and facts:
         bad = [m for m in d.target_modules if m not in facts["linear_modules"]]
         if bad: p.append(f"distillation.target_modules: {bad} not in {facts['architecture']}'s linear layers {facts['linear_modules']}")
@@ -152,7 +154,8 @@ def preflight(cfg: StudyConfig, # a validated config
         elif name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
             problems.append(f"{key}: model directory {name!r} does not exist")
     d = cfg.distillation
-    full = "full" in d.variants or (d.trajectory_counts and d.count_variant == "full")
+    trained = list(d.variants) + list(d.lr_sweep) + list(d.budget_variants) + ([d.count_variant] if d.trajectory_counts else [])
+    full = any(parse_variant(v)["base"] == "full" for v in trained)
     if full and "8bit" in d.full_optimizer and importlib.util.find_spec("bitsandbytes") is None:
         problems.append(f"distillation.full_optimizer = {d.full_optimizer!r} needs bitsandbytes (`pip install bitsandbytes`, on a CUDA machine)")
     j = cfg.judge

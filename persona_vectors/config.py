@@ -6,7 +6,7 @@ Docs: https://persona-vectors.github.io/persona_vectors/config.html.md"""
 
 # %% ../nbs/11_config.ipynb #818aa12a
 from __future__ import annotations
-import os, sys, json, time, hashlib, shutil, socket, logging, tomllib, copy
+import os, re, sys, json, time, hashlib, shutil, socket, logging, tomllib, copy
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Literal, Optional, Any, Union
@@ -118,21 +118,23 @@ OBJECTIVES = {"": "off-policy forward KL (teacher trajectories)", "on": "on-poli
 
 STUDENT_BIAS_SUFFIXES = {"": "none", "bias": "zero", "bakebias": "bake", "bake": "bake-frozen"}  # '+suffix' -> DistillConfig.bias
 
-def parse_variant(name: str, # 'loraR' or 'full', then optionally '+bias' / '+bakebias' / '+bake', '-objective', '@learning-rate'
+def parse_variant(name: str, # 'loraR' or 'full', then optionally '+bias[rate]' / '+bakebias[rate]' / '+bake', '-objective', '@learning-rate'
                  ) -> dict:
-    "The parts of a distillation variant's name ('lora8+bias-gkd@0.004'): base, rank, steering bias, objective, learning rate."
+    "The parts of a distillation variant's name ('lora8+bias0.03-gkd@0.004'): base, rank, steering bias and its rate, objective, learning rate."
     rest, at, lr = name.partition("@")
     rest, _, obj = rest.partition("-")
     base, plus, bias = rest.partition("+")
+    m = re.fullmatch(r"(bakebias|bias|bake|)(\d+\.?\d*|\.\d+)?", bias)
+    bias, brate = (m[1], float(m[2]) if m[2] else None) if m else ("?", None)
     lora = base.startswith("lora") and base[4:].isdigit() and int(base[4:]) > 0
     try: rate = float(lr) if at else None
     except ValueError: rate = -1.0
     if not ((base == "full" or lora) and obj in OBJECTIVES and bias in STUDENT_BIAS_SUFFIXES and bool(bias) == bool(plus)
-            and not (base == "full" and bias) and (rate is None or rate > 0)):
+            and not (base == "full" and bias) and (rate is None or rate > 0) and (brate is None or (brate > 0 and bias in ("bias", "bakebias")))):
         raise ValueError(f"unknown distillation variant {name!r}: expected 'loraR' (e.g. 'lora8') or 'full', then optionally a steering "
-                         f"bias {['+' + b for b in STUDENT_BIAS_SUFFIXES if b]} (LoRA only), an objective {['-' + o for o in OBJECTIVES if o]} "
-                         "and a learning rate ('@0.004'), e.g. 'lora8+bias-gkd@0.004'")
-    return dict(base=base, r=int(base[4:]) if lora else None, bias=STUDENT_BIAS_SUFFIXES[bias], objective=obj, learning_rate=rate)
+                         f"bias {['+' + b for b in STUDENT_BIAS_SUFFIXES if b]} (LoRA only; a trained one may name its rate: '+bias0.03'), "
+                         f"an objective {['-' + o for o in OBJECTIVES if o]} and a learning rate ('@0.004'), e.g. 'lora8+bias0.03-gkd@0.004'")
+    return dict(base=base, r=int(base[4:]) if lora else None, bias=STUDENT_BIAS_SUFFIXES[bias], bias_learning_rate=brate, objective=obj, learning_rate=rate)
 
 class DistillationConfig(_Section):
     "Trajectories, students and the schedule."
@@ -184,6 +186,13 @@ class DistillationConfig(_Section):
     def _budgets(cls, v):
         if v and min(v) < 1: raise ValueError(f"step_budgets must be >= 1, got {v}")
         return sorted(set(v))
+
+    @model_serializer(mode="wrap")
+    def _drop_unset(self, handler):  # the shape experiments' fields at their defaults are not recorded: older runs' configs stay the same
+        d = handler(self)
+        for k, v in dict(bias_learning_rate=None, lr_sweep={}, step_budgets=[], budget_variants=[], count_steps=None).items():
+            if k in d and d[k] == v: d.pop(k)
+        return d
 
 class MonitoringConfig(_Section):
     "Monitoring and prevention (08_monitoring): trait-inducing data, its screening, fine-tunes on it with and without prevention."

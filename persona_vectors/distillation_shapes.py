@@ -15,7 +15,7 @@ from .analysis import RunView
 
 # %% auto #0
 __all__ = ['SEED', 'GAP_GOAL', 'RANK_ORDER', 'gap_columns', 'flattens_at', 'offset_table', 'rank_table', 'budget_table',
-           'count_table', 'rank_verdict', 'plot_curves', 'shapes_report']
+           'count_table', 'rank_verdict', 'plot_curves', 'shapes_report', 'seed_comparison']
 
 # %% ../nbs/17b_distillation_shapes.ipynb #adbfe56d
 SEED = dict(teacher=93.9, ranks={"lora8": 72.3, "lora16": 84.6, "lora32": 89.1, "full": 91.2}, counts={50: 45.7, 1000: 86.9})
@@ -57,7 +57,7 @@ def offset_table(run: RunView, # a run
 def rank_table(run: RunView, # a run with `distillation.lr_sweep`
               ) -> pd.DataFrame:
     "Every (variant, learning rate) of the sweep that finished; `chosen` marks each variant's best gap on held-out teacher trajectories."
-    d = DistillationConfig(**run.config["distillation"])
+    d = DistillationConfig(**run.config.get("distillation", {}))
     rows = []
     for v, names in sweep_variants(d).items():
         for lr, name in zip(d.lr_sweep[v], names):
@@ -129,11 +129,11 @@ def shapes_report(directory: str | Path, # a run directory
     "The report's sections on the seed's shapes (markdown lines), writing their tables and figure; [] when the run has none of their stages."
     import matplotlib.pyplot as plt
     from persona_vectors.steering import write_table, save_figure
-    run = RunView(directory); d = run.dir; cfg = run.config["distillation"]
+    run = RunView(directory); d = run.dir; cfg = run.config.get("distillation", {})
     parts = []
     ot = offset_table(run)
     biased = ot[~ot.bias.isin(["none"])] if len(ot) else ot
-    if len(biased) > (1 if "bake" in set(ot.variant) else 0):
+    if len(ot) and len(biased) > (1 if "bake" in set(ot.variant) else 0):
         own = ot.dropna(subset=["gap_recovered_own"])
         best = own.loc[own.gap_recovered_own.idxmax()] if len(own) else None
         parts += ["## Students that carry the offset", "",
@@ -174,8 +174,8 @@ def shapes_report(directory: str | Path, # a run directory
                   "that step: a constant rate makes it the student a run of that length would give).", "",
                   write_table(bt, d/"tables"/"step_budgets", ["variant", "steps", "train_tflops", "gap_recovered", "gap_recovered_ci",
                               "gap_recovered_own", "gap_recovered_own_ci", "trait_index", "trait_index_se"]), ""] + lines + [""]
-    if len(nt):
-        f = flattens_at(nt.n_trajectories.tolist(), nt.gap_recovered_own.tolist(), nt.gap_recovered_own_ci.tolist()) if nt.gap_recovered_own.notna().all() else None
+    if len(nt) and nt.gap_recovered_own.notna().all():  # (a run without own-sample gaps has the core *Trajectory counts* section only)
+        f = flattens_at(nt.n_trajectories.tolist(), nt.gap_recovered_own.tolist(), nt.gap_recovered_own_ci.tolist())
         parts += ["## Trajectory counts, with intervals", "", f"`{cfg.get('count_variant')}` on the first n of the "
                   f"{cfg['n_trajectories']} trajectories, each at {nt.steps.iloc[0]} steps (the seed's relative sizes: "
                   + ", ".join(f"{n / nt.n_trajectories.max():.0%}" for n in nt.n_trajectories) + " of the largest).", "",
@@ -183,8 +183,50 @@ def shapes_report(directory: str | Path, # a run directory
                               "gap_recovered_own_ci", "trait_index", "trait_index_se"]), "",
                   f"The count curve {'flattens at ' + str(f) + ' trajectories' if f is not None else 'is still rising at its largest count'} "
                   f"(the seed: {SEED['counts'][50]} at 50 trajectories to {SEED['counts'][1000]} at 1,000).", ""]
+    nt = nt if len(nt) and nt.gap_recovered_own.notna().all() else pd.DataFrame()
     if len(bt) or len(nt):
         (d/"figures").mkdir(exist_ok=True)
         fig = plot_curves(bt, nt, bake); save_figure(fig, d/"figures"/"shapes"); plt.close(fig)
         parts += ["![Step and count curves](figures/shapes.png)", ""]
     return parts
+
+# %% ../nbs/17b_distillation_shapes.ipynb #c76d724a
+def _fmt(x, ci=None, d=3) -> str: return "—" if x is None or pd.isna(x) else f"{x:.{d}f}" + (f" {_ci(ci)}" if ci is not None else "")
+
+def seed_comparison(shape_dir: str | Path, # a run directory with the shape stages (`configs/shape.toml`)
+                    shift_dir: str | Path | None = None, # a run directory with data-only fine-tunes (`configs/shift.toml`)
+                   ) -> pd.DataFrame:
+    "One row per shape of the seed: the seed's numbers, this run's, and whether the shape holds here."
+    from persona_vectors.monitoring import pearson_with_ci
+    run = RunView(shape_dir); rows = []
+    teacher = run.manifest.get(f"steer/L{run.point()[0]}_a{run.point()[1]:g}", {}).get("summary", {}).get("trait_index", {}).get("mean")
+    ot = offset_table(run)
+    if len(ot):
+        own = ot[ot.variant != "bake"].dropna(subset=["gap_recovered_own"])
+        b = own.loc[own.gap_recovered_own.idxmax()]
+        rows.append(dict(shape="the best student approaches the teacher", seed=f"full 91.2 against the teacher's {SEED['teacher']} (97%)",
+                         here=f"{b.variant}: gap {_fmt(b.gap_recovered_own, b.gap_recovered_own_ci)} on its own samples; trait index "
+                              f"{_fmt(b.trait_index, d=1)} against the teacher's {_fmt(teacher, d=1)}",
+                         holds="yes" if b.gap_recovered_own_ci[0] >= GAP_GOAL else f"not to the goal {GAP_GOAL}"))
+    rt = rank_table(run)
+    if len(rt):
+        ch = rt[rt.chosen].assign(o=lambda x: x.variant.map(lambda v: parse_variant(v)["r"] or 10**6)).sort_values("o")
+        rows.append(dict(shape="a larger rank recovers more", seed=" < ".join(f"{v} {s}" for v, s in SEED["ranks"].items()),
+                         here=" · ".join(f"{r.variant} {_fmt(r.gap_recovered_own)} (lr {r.learning_rate:g})" for r in ch.itertuples()),
+                         holds=rank_verdict(ch).split(" (")[0].replace("The seed's ordering ", "")))
+    nt = count_table(run)
+    if len(nt) and nt.gap_recovered_own.notna().all():
+        f = flattens_at(nt.n_trajectories.tolist(), nt.gap_recovered_own.tolist(), nt.gap_recovered_own_ci.tolist())
+        rows.append(dict(shape="more trajectories help, with diminishing returns", seed="45.7 at 50 trajectories → 86.9 at 1,000",
+                         here=f"{_fmt(nt.gap_recovered_own.iloc[0])} at {nt.n_trajectories.iloc[0]} → {_fmt(nt.gap_recovered_own.iloc[-1])} at "
+                              f"{nt.n_trajectories.iloc[-1]}" + (f"; flattens at {f}" if f is not None else "; still rising"),
+                         holds="yes" if nt.gap_recovered_own.iloc[-1] > nt.gap_recovered_own_ci.iloc[0][1] else "no"))
+    if shift_dir is not None:
+        sh = RunView(shift_dir)
+        fts = [e["summary"] for k, e in sh.done("monitoring/finetune/mix").items()]
+        if len(fts) >= 3:
+            p = pearson_with_ci([s["shift_prompt_last"] for s in fts], [s["trait_index"]["mean"] for s in fts])
+            rows.append(dict(shape="the fine-tuning shift predicts the acquired trait (the paper)", seed="r = 0.76 to 0.97",
+                             here=f"r = {p['r']:.3f} [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}] over {p['n']} data-only fine-tunes",
+                             holds="yes" if p["ci"][0] >= 0.76 else ("in its estimate" if p["r"] >= 0.76 else "no")))
+    return pd.DataFrame(rows)

@@ -414,7 +414,7 @@ def variant_config(variant: str, # a variant name: 'lora8', 'lora8+bias-gkd@0.00
         lmbda, beta = dict(on=(1.0, 0.0), **{"on-rkl": (1.0, 1.0)}, gkd=(d.gkd_lambda, d.gkd_beta))[p["objective"]]
         cfg = replace(cfg, lmbda=lmbda, beta=beta)
     if p["bias"] != "none":
-        cfg = replace(cfg, bias=p["bias"], bias_learning_rate=d.bias_learning_rate if p["bias"] == "zero" else None)  # from the bake: the adapters' rate
+        cfg = replace(cfg, bias=p["bias"], bias_learning_rate=p["bias_learning_rate"] or (d.bias_learning_rate if p["bias"] == "zero" else None))  # from the bake: the adapters' rate unless named
     return replace(cfg, learning_rate=p["learning_rate"]) if p["learning_rate"] else cfg
 
 def _base_config(variant: str, d: DistillationConfig, seed: int):
@@ -630,8 +630,10 @@ def plan(cfg: StudyConfig) -> "pd.DataFrame":
     if "distillation" in want:
         n = max([d.n_trajectories] + list(d.trajectory_counts))
         rows.append(dict(stage="trajectories", what=f"{n} train + {d.n_heldout} held out, {d.max_new_tokens} tokens", answers=n + d.n_heldout, judge_calls=0))
-        k = len(d.variants) + bool(d.bake) + len(count_trainings(d))
-        rows.append(dict(stage="distillation", what=f"{len(d.variants)} variants + {'bake + ' if d.bake else ''}{len(count_trainings(d))} count runs, "
+        swept = [v for names in sweep_variants(d).values() for v in names if v not in d.variants]
+        k = len(d.variants) + bool(d.bake) + len(count_trainings(d)) + len(swept) + len(d.budget_variants) * len(d.step_budgets)
+        rows.append(dict(stage="distillation", what=f"{len(d.variants)} variants + {'bake + ' if d.bake else ''}{len(count_trainings(d))} count runs"
+                         + (f" + {len(swept)} learning-rate runs" if swept else "") + (f" + {len(d.budget_variants)} budget runs" if d.budget_variants else "") + ", "
                          f"{d.max_steps} steps x {d.batch_size} x {d.grad_accum}", answers=k * per_eval, judge_calls=k * per_eval * judged))
     if "baselines" in want and cfg.baselines.models:
         rows.append(dict(stage="baselines", what=f"{len(cfg.baselines.models)} models x {per_eval}", answers=len(cfg.baselines.models) * per_eval,

@@ -13,8 +13,8 @@ from pathlib import Path
 from .resources import (ACCELERATORS, Accelerator, DTYPE_BYTES, Generation, GiB, ModelShape, Training,
                                        generation_memory, generation_time, matmul_rate, model_shape, shape_from_config,
                                        this_cpu, train_flops, train_memory, train_step_time)
-from .config import StudyConfig, load_config
-from .pipeline import sweep_settings, count_trainings
+from .config import StudyConfig, load_config, parse_variant
+from .pipeline import sweep_settings, count_trainings, sweep_variants
 
 # %% auto #0
 __all__ = ['MARGIN', 'LEVERS', 'fit_status', 'training_fix', 'generation_fix', 'study_stages', 'auto_batch',
@@ -109,13 +109,13 @@ def study_stages(cfg: StudyConfig, # a validated config
         settings = sweep_settings(st, sw)  # with 'auto', as many as the chosen point will give
         rows.append(dict(stage="sweeps", what=f"{len(settings)} settings x {per_eval} answers x {ev.max_new_tokens} tokens, batch {ev.batch_size}",
                          passes=[replace(p, answers=len(settings) * per_eval) for p in evaluation()]))
-    if "distillation" in want and (d.variants or d.trajectory_counts):
+    if "distillation" in want and (d.variants or d.trajectory_counts or d.lr_sweep or d.budget_variants):
         n = max([d.n_trajectories] + list(d.trajectory_counts))
         rows.append(dict(stage="trajectories", what=f"{n} + {d.n_heldout} trajectories x {d.max_new_tokens} tokens, batch {ev.batch_size}",
                          passes=[Generation(n + d.n_heldout, ev.batch_size, p_tr, d.max_new_tokens, weight_bytes=wb)]))
         T = p_tr + d.max_new_tokens
         def training(v):
-            v = v.partition("-")[0]  # an objective suffix ('lora8-gkd') trains the same student
+            v = parse_variant(v)["base"]  # a bias, an objective or a rate ('lora8+bias-gkd@0.004') trains the same shapes
             if v == "full": return Training("full", d.batch_size, T, d.max_new_tokens, weight_bytes=wb, compute_bytes=compute_bytes, grad_accum=d.grad_accum,
                                             optimizer=getattr(d, "full_optimizer", "adamw_torch_fused"), checkpointing=bool(getattr(d, "gradient_checkpointing", False)), study_model=True,
                                             master_float32=wb < 4)
@@ -123,8 +123,9 @@ def study_stages(cfg: StudyConfig, # a validated config
                             grad_accum=d.grad_accum, checkpointing=getattr(d, "gradient_checkpointing", False) is True, study_model=True)
         heldout = Generation(d.n_heldout, ev.batch_size, p_tr, d.max_new_tokens, generate=False, read=True, weight_bytes=wb, extra_weights=shape.params * wb)
         steps = f"{d.max_steps} steps x {d.grad_accum} x {d.batch_size} sequences of ~{T} tokens"
-        for v in d.variants:
-            share = {"": 0.0, "on": 1.0, "on-rkl": 1.0, "gkd": getattr(d, "gkd_lambda", 0.5)}[v.partition("-")[2]]
+        swept = [v for names in sweep_variants(d).values() for v in names if v not in d.variants]
+        for v in list(d.variants) + swept:
+            share = {"": 0.0, "on": 1.0, "on-rkl": 1.0, "gkd": getattr(d, "gkd_lambda", 0.5)}[parse_variant(v)["objective"]]
             own = [Generation(round(share * d.max_steps * d.grad_accum * d.batch_size), d.batch_size, p_tr, d.max_new_tokens, weight_bytes=wb)] if share else []
             rows.append(dict(stage=f"distilled/{v}", what=f"train {steps}" + (f" ({share:.0%} sampled by the student)" if share else "") + "; evaluate",
                              training=training(v), runs=1, steps=d.max_steps, passes=own + evaluation(shape.params * wb) + [heldout, heldout]))
@@ -132,7 +133,11 @@ def study_stages(cfg: StudyConfig, # a validated config
         if count_trainings(d):
             k = len(count_trainings(d))  # the count equal to n_trajectories of a trained variant reuses its stage
             rows.append(dict(stage=f"counts ({k} runs)", what=f"{d.count_variant}, {k} x: train {steps}; evaluate", training=training(d.count_variant), runs=k,
-                             steps=d.max_steps, passes=[replace(p, answers=p.answers * k) for p in evaluation(shape.params * wb) + [heldout, heldout]]))
+                             steps=d.count_steps or d.max_steps, passes=[replace(p, answers=p.answers * k) for p in evaluation(shape.params * wb) + [heldout, heldout]]))
+        for v in d.budget_variants:  # one run to the largest budget; each budget's student evaluated
+            k, top = len(d.step_budgets), max(d.step_budgets, default=0)
+            rows.append(dict(stage=f"budget/{v}", what=f"train {top} steps x {d.grad_accum} x {d.batch_size}; evaluate at {k} budgets", training=training(v), runs=1,
+                             steps=top, passes=[replace(p, answers=p.answers * k) for p in evaluation(shape.params * wb) + [heldout, heldout]]))
     if "baselines" in want and cfg.baselines.models:
         rows.append(dict(stage="baselines", what=f"{len(cfg.baselines.models)} models x {per_eval} answers", models=list(cfg.baselines.models),
                          passes=evaluation()))

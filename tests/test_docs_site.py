@@ -50,11 +50,11 @@ def test_every_notebook_and_report_is_a_page(site):
     info = json.loads((site/"build.json").read_text())
     nbs = sorted(p.stem for p in (ROOT/"nbs").glob("*.ipynb"))
     assert {f"{n}.html" for n in nbs} <= set(info["html"]) and "api.html" in info["html"]
-    for run in ("demo_run", "gap_run", "monitor_run"):
+    for run in ("demo_run", "gap_run", "monitor_run", "shape_run", "shift_run"):
         assert (site/run/"index.html").exists(), run  # its report.md
         if (ROOT/"nbs"/run/"report.html").exists():
             assert (site/run/"report.html").read_bytes() == (ROOT/"nbs"/run/"report.html").read_bytes()
-    assert info["pages"] == len(info["html"]) >= len(nbs) + 4
+    assert info["pages"] == len(info["html"]) >= len(nbs) + 6
     assert not list(site.rglob("*.ipynb")) and not (site/"index.md").exists()
     for n in nbs:  # nbdev's directives never reach a page's code (pygments marks a comment c1)
         assert not re.search(r'class="c1?">#\|', (site/f"{n}.html").read_text()), n
