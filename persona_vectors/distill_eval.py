@@ -21,7 +21,7 @@ from .records import RecordLog, atomic_write
 from .trajectories import (load_trajectories, TrajectoryDataset, DistillCollator, unwrap, output_head,
                                           forward_hidden, steering_record)
 from .kl_losses import kl_rows
-from .distillation import (DistillConfig, distill, param_counts, eval_mode, adapters_disabled,
+from .distillation import (DistillConfig, distill, param_counts, eval_mode, adapters_disabled, student_base,
                                           _check_steering)
 
 # %% auto #0
@@ -58,7 +58,7 @@ def _kl_batches(student, ds, steering, base, student_settings, batch_size, chunk
     head_s = output_head(student)
     if base is None:
         def head_t(h):
-            with adapters_disabled(student): return head_s(h)
+            with student_base(student): return head_s(h)
     else: head_t = output_head(base)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
         idx = order[start:start + batch_size]
@@ -66,7 +66,7 @@ def _kl_batches(student, ds, steering, base, student_settings, batch_size, chunk
         mask = batch["loss_mask"]
         with eval_mode(student), (eval_mode(base) if base is not None else contextlib.nullcontext()):
             if base is None:
-                with adapters_disabled(student): h_t, h_b = forward_hidden(student, batch, [steering]), forward_hidden(student, batch)
+                with student_base(student): h_t, h_b = forward_hidden(student, batch, [steering]), forward_hidden(student, batch)
             else: h_t, h_b = forward_hidden(base, batch, [steering]), forward_hidden(base, batch)
             h_s = forward_hidden(student, batch, student_settings)
         kl_s, kl_b, top = _position_stats(h_s, h_b, h_t, head_s, head_t, mask, chunk_size, tops)

@@ -29,9 +29,9 @@ from .kl_losses import TopK, kl_on_response_from_hidden
 __all__ = ['TEACHERS', 'STUDENT_BIASES', 'BAKED_BIAS_FILE', 'STUDENT_BIAS_FILE', 'eval_mode', 'adapters_disabled', 'SaveAtEnd',
            'DistillTrainer', 'DistillConfig', 'lora_student', 'param_counts', 'checkpointing_args',
            'enable_checkpointing', 'training_arguments', 'bake_steering', 'save_baked', 'load_baked',
-           'add_steering_bias', 'bias_removed', 'load_bias_checkpoint', 'save_student', 'load_student',
-           'StudentSnapshots', 'distill_trainer', 'Distilled', 'step_totals', 'last_complete_checkpoint', 'distill',
-           'distill_flops']
+           'add_steering_bias', 'bias_removed', 'steering_bias_of', 'student_base', 'load_bias_checkpoint',
+           'save_student', 'load_student', 'StudentSnapshots', 'distill_trainer', 'Distilled', 'step_totals',
+           'last_complete_checkpoint', 'distill', 'distill_flops']
 
 # %% ../nbs/07c_distillation.ipynb #41a77d5b
 @contextlib.contextmanager
@@ -430,6 +430,20 @@ def bias_removed(model: nn.Module, # a model holding `bias` (PEFT-wrapped or not
     owner.bias = None
     try: yield model
     finally: owner.bias = bias
+
+def steering_bias_of(model: nn.Module, # a model (PEFT-wrapped or not)
+                    ) -> nn.Parameter | None:
+    "The steering bias `add_steering_bias` (or `bake_steering`) gave `model`, found from its config's record; None without one."
+    m = base_model(unwrap(model)); rec = getattr(m.config, "persona_steering_bias", None)
+    if not rec: return None
+    mod = m.get_submodule(rec["param"].rsplit(".", 1)[0])
+    return getattr(mod, "base_layer", mod).bias  # LoRA wraps the projection: the bias stays on its base layer
+
+@contextlib.contextmanager
+def student_base(model: nn.Module, # a LoRA student (PEFT model), with or without a steering bias
+                ):
+    "Within the block, a LoRA student is its base model: adapters disabled and its steering bias taken out."
+    with adapters_disabled(model), bias_removed(model, steering_bias_of(model)): yield model
 
 # %% ../nbs/07c_distillation.ipynb #5d25d647
 def load_bias_checkpoint(bias: nn.Parameter, # the student's steering bias (changed in place)

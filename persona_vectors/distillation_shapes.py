@@ -14,8 +14,9 @@ from .pipeline import sweep_variants
 from .analysis import RunView
 
 # %% auto #0
-__all__ = ['SEED', 'GAP_GOAL', 'RANK_ORDER', 'gap_columns', 'flattens_at', 'offset_table', 'rank_table', 'budget_table',
-           'count_table', 'rank_verdict', 'plot_curves', 'shapes_report', 'seed_comparison']
+__all__ = ['SEED', 'GAP_GOAL', 'RANK_ORDER', 'gap_columns', 'flattens_at', 'offset_table', 'steering_offset', 'bias_against',
+           'rank_table', 'budget_table', 'count_table', 'rank_verdict', 'plot_curves', 'shapes_report',
+           'seed_comparison']
 
 # %% ../nbs/17b_distillation_shapes.ipynb #adbfe56d
 SEED = dict(teacher=93.9, ranks={"lora8": 72.3, "lora16": 84.6, "lora32": 89.1, "full": 91.2}, counts={50: 45.7, 1000: 86.9})
@@ -43,16 +44,36 @@ def flattens_at(xs: list, # the axis (steps, trajectories), ascending
 # %% ../nbs/17b_distillation_shapes.ipynb #411a11e9
 def offset_table(run: RunView, # a run
                 ) -> pd.DataFrame:
-    "The plain LoRA students beside those with a steering bias, and the bake: bias, its rate, compute and both gaps."
-    rows = []
+    "The plain LoRA students beside those with a steering bias, and the bake: bias, its rate, compute, both gaps, and the learned bias against the offset."
+    rows, offset = [], steering_offset(run)
     for name, e in run.done("distilled/").items():
         v = name.split("/", 1)[1]
         if "@" in v: continue  # the learning-rate sweep has its own table
         s = e["summary"]
         bias = "bake (exact, all positions)" if v == "bake" else s.get("bias", "none")
         rows.append(dict(variant=v, bias=bias, bias_learning_rate=s.get("bias_learning_rate"), learning_rate=s.get("learning_rate"),
-                         train_tflops=(s.get("train_flops") or 0) / 1e12, **gap_columns(s)))
+                         train_tflops=(s.get("train_flops") or 0) / 1e12, **gap_columns(s), **bias_against(run.dir/name/"train"/"adapter", offset)))
     return pd.DataFrame(rows)
+
+def steering_offset(run: RunView):
+    "The offset the teacher adds, alpha * v[layer] (float64), from the run's vector file; None without it."
+    import torch
+    from persona_vectors.extraction import load_vector
+    f = run.dir/"vector"/"persona.safetensors"
+    if not f.exists(): return None
+    (L, A), variant = run.point(), run.config.get("extraction", {}).get("variant", "response_avg")
+    return float(A) * load_vector(f)[0][variant][L].double()
+
+def bias_against(adapter_dir: Path, # a student's saved adapter (with `steering_bias.safetensors` when it has a bias)
+                 offset, # `steering_offset`
+                ) -> dict:
+    "The learned steering bias against the teacher's offset: cosine and norm ratio (empty without a bias file)."
+    import torch
+    from safetensors.torch import load_file
+    f = Path(adapter_dir)/"steering_bias.safetensors"
+    if offset is None or not f.exists(): return {}
+    b = load_file(str(f))["bias"].double()
+    return dict(bias_cosine=float(torch.nn.functional.cosine_similarity(b, offset, dim=0)), bias_norm_ratio=float(b.norm() / offset.norm()))
 
 def rank_table(run: RunView, # a run with `distillation.lr_sweep`
               ) -> pd.DataFrame:
@@ -140,8 +161,11 @@ def shapes_report(directory: str | Path, # a run directory
                   "LoRA students with a steering bias on block `layer-1`'s MLP output (07c `add_steering_bias`): `zero` trained from zero "
                   "(at `bias_learning_rate`), `bake` trained from the exact bake (at the adapters' rate), `bake-frozen` the bake fixed "
                   "with LoRA on top; beside the plain student and the bake, at the same steps and batch. Intervals: bootstrap over sequences.", "",
-                  write_table(ot, d/"tables"/"offset_students", ["variant", "bias", "bias_learning_rate", "learning_rate", "train_tflops",
-                              "gap_recovered", "gap_recovered_ci", "gap_recovered_own", "gap_recovered_own_ci", "trait_index", "trait_index_se"]), ""]
+                  write_table(ot, d/"tables"/"offset_students", [k for k in ["variant", "bias", "bias_learning_rate", "learning_rate", "train_tflops",
+                              "gap_recovered", "gap_recovered_ci", "gap_recovered_own", "gap_recovered_own_ci", "trait_index", "trait_index_se",
+                              "bias_cosine", "bias_norm_ratio"] if k in ot]), ""]
+        if "bias_cosine" in ot: parts += ["`bias_cosine` / `bias_norm_ratio`: the learned bias against the teacher's offset alpha * v[layer] "
+                                          "(their cosine, and its norm over the offset's).", ""]
         if best is not None:
             parts += [f"Best on its own samples: **{best.variant}**, {best.gap_recovered_own:.3f} {_ci(best.gap_recovered_own_ci)} "
                       f"(goal {GAP_GOAL}; {'reached' if best.gap_recovered_own_ci[0] >= GAP_GOAL else 'not reached'}).", ""]
