@@ -100,7 +100,8 @@ def count_table(run: RunView, # a run with `distillation.trajectory_counts`
                ) -> pd.DataFrame:
     "The count variant trained on the first n trajectories (at `count_steps`): both gaps against n."
     d = run.config["distillation"]
-    rows = [dict(n_trajectories=e["summary"]["n_trajectories"], steps=e["summary"].get("steps"), **gap_columns(e["summary"]))
+    rows = [dict(n_trajectories=e["summary"]["n_trajectories"], steps=e["summary"].get("steps"), train_tflops=(e["summary"].get("train_flops") or 0) / 1e12,
+                 **gap_columns(e["summary"]))
             for e in run.done("counts/").values()]
     return pd.DataFrame(rows).sort_values("n_trajectories").reset_index(drop=True) if rows else pd.DataFrame()
 
@@ -202,8 +203,9 @@ def shapes_report(directory: str | Path, # a run directory
         f = flattens_at(nt.n_trajectories.tolist(), nt.gap_recovered_own.tolist(), nt.gap_recovered_own_ci.tolist())
         parts += ["## Trajectory counts, with intervals", "", f"`{cfg.get('count_variant')}` on the first n of the "
                   f"{cfg['n_trajectories']} trajectories, each at {nt.steps.iloc[0]} steps (the seed's relative sizes: "
-                  + ", ".join(f"{n / nt.n_trajectories.max():.0%}" for n in nt.n_trajectories) + " of the largest).", "",
-                  write_table(nt, d/"tables"/"count_curve", ["n_trajectories", "steps", "gap_recovered", "gap_recovered_ci", "gap_recovered_own",
+                  + ", ".join(f"{n / nt.n_trajectories.max():.0%}" for n in nt.n_trajectories) + " of the largest; a pass over a count that is not a "
+                  "multiple of a step's 8 sequences ends with a shorter step, hence the smaller counts' lower `train_tflops`).", "",
+                  write_table(nt, d/"tables"/"count_curve", ["n_trajectories", "steps", "train_tflops", "gap_recovered", "gap_recovered_ci", "gap_recovered_own",
                               "gap_recovered_own_ci", "trait_index", "trait_index_se"]), "",
                   f"The count curve {'flattens at ' + str(f) + ' trajectories' if f is not None else 'is still rising at its largest count'} "
                   f"(the seed: {SEED['counts'][50]} at 50 trajectories to {SEED['counts'][1000]} at 1,000).", ""]

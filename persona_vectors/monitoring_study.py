@@ -247,7 +247,7 @@ def monitoring_report(directory: str | Path, # a run directory
     for k, e in sorted(run.done("monitoring/suppression/").items(), key=lambda kv: -kv[1]["summary"]["alpha"]):
         s = e["summary"]; rows.append(summary_row(s, model="mix1", training="plain", inference=f"steering {s['alpha']:g}", coefficient=s["alpha"]))
     prev = pd.DataFrame(rows)
-    if len(prev) > 1:
+    if len(prev) > 2 or (len(prev) == 2 and not one):  # more than the base and the plain fine-tune: something prevented or suppressed
         if base: prev["logprob_drop"] = base["logprob"]["mean"] - prev["logprob_mean"]
         parts += ["**Prevention and suppression.** Fine-tunes on the fraction-1 mixture with the vector added at every position of "
                   "every training pass (`steering +c`) or the direction projected out (`direction ablated`), evaluated with no hook; "
