@@ -457,9 +457,10 @@ def load_bias_checkpoint(bias: nn.Parameter, # the student's steering bias (chan
 def save_student(student: nn.Module, # a LoRA (PEFT) student or a fully fine-tuned model
                  tokenizer, # its tokenizer
                  path: str | Path, # the directory to write (swapped in whole)
-                 bias: nn.Parameter | None = None, # its steering bias, if it has one
+                 bias: nn.Parameter | None = None, # its steering bias (None: the one its config records, if any)
                 ) -> Path:
     "Save a student: the adapter (PEFT format) and its steering bias, or the whole model; reload with `load_student`."
+    bias = bias if bias is not None else steering_bias_of(student) if hasattr(student, "disable_adapter") else None
     def build(p):
         if hasattr(student, "disable_adapter"): student.save_pretrained(p); _sort_targets(p)
         else: student.save_pretrained(p)
@@ -487,12 +488,11 @@ class StudentSnapshots(TrainerCallback):
     "Save the student (adapter and steering bias) after each of the given optimizer steps: one run gives every budget's student."
     def __init__(self, steps: Sequence[int], # the optimizer steps to save at
                  directory: str | Path, # snapshots go to directory/step<k>
-                 tokenizer, # the student's tokenizer (saved beside it)
-                 bias: nn.Parameter | None = None): # the student's steering bias
-        self.steps, self.directory, self.tokenizer, self.bias = set(steps), Path(directory), tokenizer, bias
+                 tokenizer): # the student's tokenizer (saved beside it)
+        self.steps, self.directory, self.tokenizer = set(steps), Path(directory), tokenizer
     def on_step_end(self, args, state, control, model=None, **kw):
         if state.global_step in self.steps and not (self.directory/f"step{state.global_step}").exists():
-            save_student(unwrap(model), self.tokenizer, self.directory/f"step{state.global_step}", self.bias)
+            save_student(unwrap(model), self.tokenizer, self.directory/f"step{state.global_step}")  # with its steering bias
 
 # %% ../nbs/07c_distillation.ipynb #a0c6ccf7
 def _student_sampling(records: Sequence[dict]) -> Sampling:
