@@ -84,7 +84,7 @@ def rank_table(run: RunView, # a run with `distillation.lr_sweep`
         for lr, name in zip(d.lr_sweep[v], names):
             e = run.manifest.get(f"distilled/{name}")
             if not e or e.get("status") != "done": continue
-            rows.append(dict(variant=v, learning_rate=lr, trainable_params=e["summary"].get("trainable_params"), **gap_columns(e["summary"])))
+            rows.append(dict(variant=v, learning_rate=lr, rate=f"{lr:g}", trainable_params=e["summary"].get("trainable_params"), **gap_columns(e["summary"])))
     df = pd.DataFrame(rows)
     if len(df): df["chosen"] = df.gap_recovered == df.groupby("variant").gap_recovered.transform("max")
     return df
@@ -178,10 +178,10 @@ def shapes_report(directory: str | Path, # a run directory
                   f"Rule: each variant trains at the learning rates of `lr_sweep` (same steps, batch and data); its row is the rate with the "
                   f"best gap on held-out teacher trajectories. LoRA keeps `lora_alpha = {cfg.get('lora_alpha_ratio', 2.0):g} r` (a constant "
                   "scale alpha/r), so the rate is the one knob. Every rate tried:", "",
-                  write_table(rt, d/"tables"/"rank_sweep", ["variant", "learning_rate", "chosen", "trainable_params", "gap_recovered", "gap_recovered_ci",
+                  write_table(rt, d/"tables"/"rank_sweep", ["variant", "rate", "chosen", "trainable_params", "gap_recovered", "gap_recovered_ci",
                               "gap_recovered_own", "gap_recovered_own_ci", "trait_index", "trait_index_se"]), "",
                   "At the chosen rates, beside the seed's trait scores (its students against its teacher's 93.9):", "",
-                  write_table(ch, d/"tables"/"ranks", ["variant", "learning_rate", "gap_recovered", "gap_recovered_ci", "gap_recovered_own",
+                  write_table(ch, d/"tables"/"ranks", ["variant", "rate", "gap_recovered", "gap_recovered_ci", "gap_recovered_own",
                               "gap_recovered_own_ci", "trait_index", "trait_index_se", "seed_trait"]), "",
                   rank_verdict(ch), ""]
     bt, nt = budget_table(run), count_table(run)
@@ -230,20 +230,20 @@ def seed_comparison(shape_dir: str | Path, # a run directory with the shape stag
     if len(ot):
         own = ot[ot.variant != "bake"].dropna(subset=["gap_recovered_own"])
         b = own.loc[own.gap_recovered_own.idxmax()]
-        rows.append(dict(shape="the best student approaches the teacher", seed=f"full 91.2 against the teacher's {SEED['teacher']} (97%)",
+        rows.append(dict(finding="the best student approaches the teacher", seed=f"full 91.2 against the teacher's {SEED['teacher']} (97%)",
                          here=f"{b.variant}: gap {_fmt(b.gap_recovered_own, b.gap_recovered_own_ci)} on its own samples; trait index "
                               f"{_fmt(b.trait_index, d=1)} against the teacher's {_fmt(teacher, d=1)}",
                          holds="yes" if b.gap_recovered_own_ci[0] >= GAP_GOAL else f"not to the goal {GAP_GOAL}"))
     rt = rank_table(run)
     if len(rt):
         ch = rt[rt.chosen].assign(o=lambda x: x.variant.map(lambda v: parse_variant(v)["r"] or 10**6)).sort_values("o")
-        rows.append(dict(shape="a larger rank recovers more", seed=" < ".join(f"{v} {s}" for v, s in SEED["ranks"].items()),
+        rows.append(dict(finding="a larger rank recovers more", seed=" < ".join(f"{v} {s}" for v, s in SEED["ranks"].items()),
                          here=" · ".join(f"{r.variant} {_fmt(r.gap_recovered_own)} (lr {r.learning_rate:g})" for r in ch.itertuples()),
                          holds=rank_verdict(ch).split(" (")[0].replace("The seed's ordering ", "")))
     nt = count_table(run)
     if len(nt) and nt.gap_recovered_own.notna().all():
         f = flattens_at(nt.n_trajectories.tolist(), nt.gap_recovered_own.tolist(), nt.gap_recovered_own_ci.tolist())
-        rows.append(dict(shape="more trajectories help, with diminishing returns", seed="45.7 at 50 trajectories → 86.9 at 1,000",
+        rows.append(dict(finding="more trajectories help, with diminishing returns", seed="45.7 at 50 trajectories → 86.9 at 1,000",
                          here=f"{_fmt(nt.gap_recovered_own.iloc[0])} at {nt.n_trajectories.iloc[0]} → {_fmt(nt.gap_recovered_own.iloc[-1])} at "
                               f"{nt.n_trajectories.iloc[-1]}" + (f"; flattens at {f}" if f is not None else "; still rising"),
                          holds="yes" if nt.gap_recovered_own.iloc[-1] > nt.gap_recovered_own_ci.iloc[0][1] else "no"))
@@ -252,7 +252,7 @@ def seed_comparison(shape_dir: str | Path, # a run directory with the shape stag
         fts = [e["summary"] for k, e in sh.done("monitoring/finetune/mix").items()]
         if len(fts) >= 3:
             p = pearson_with_ci([s["shift_prompt_last"] for s in fts], [s["trait_index"]["mean"] for s in fts])
-            rows.append(dict(shape="the fine-tuning shift predicts the acquired trait (the paper)", seed="r = 0.76 to 0.97",
+            rows.append(dict(finding="the fine-tuning shift predicts the acquired trait (the paper)", seed="r = 0.76 to 0.97",
                              here=f"r = {p['r']:.3f} [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}] over {p['n']} data-only fine-tunes",
                              holds="yes" if p["ci"][0] >= 0.76 else ("in its estimate" if p["r"] >= 0.76 else "no")))
     return pd.DataFrame(rows)
