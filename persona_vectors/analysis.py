@@ -56,7 +56,8 @@ class RunView:
         return self.config["sweeps"].get("layer_alpha") if st["layer"] == st["alpha"] == "auto" else self.point()[1]
 
 # %% ../nbs/15_analysis.ipynb #f239738e
-def steering_rows(run: RunView) -> pd.DataFrame:
+def steering_rows(run: RunView, # the run directory, read
+                  ) -> pd.DataFrame:
     "One row per steering evaluation stage (alpha 0 for the unsteered base)."
     rows = []
     for name, e in run.done("steer/").items():
@@ -65,7 +66,8 @@ def steering_rows(run: RunView) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 # %% ../nbs/15_analysis.ipynb #94a5fcca
-def coefficient_table(run: RunView) -> pd.DataFrame:
+def coefficient_table(run: RunView, # the run directory, read
+                      ) -> pd.DataFrame:
     "The coefficient sweep: alpha at the study's layer, the unsteered base as alpha 0."
     df = steering_rows(run)
     if df.empty: return df
@@ -73,14 +75,16 @@ def coefficient_table(run: RunView) -> pd.DataFrame:
     return df[(df.layer == L) | (df.alpha == 0)].assign(layer=L).sort_values("alpha").reset_index(drop=True)
 
 # %% ../nbs/15_analysis.ipynb #5e3b783b
-def layer_table(run: RunView) -> pd.DataFrame:
+def layer_table(run: RunView, # the run directory, read
+                ) -> pd.DataFrame:
     "The layer sweep: each layer at the study's alpha."
     df = steering_rows(run)
     if df.empty: return df
     return df[df.alpha == run.layer_sweep_alpha()].sort_values("layer").reset_index(drop=True)
 
 # %% ../nbs/15_analysis.ipynb #1a890814
-def baselines_table(run: RunView) -> pd.DataFrame:
+def baselines_table(run: RunView, # the run directory, read
+                    ) -> pd.DataFrame:
     "The unsteered evaluation of every baseline model, and of the study model."
     rows = [summary_row(e["summary"], model=e["summary"].get("model", k.split("/", 1)[1])) for k, e in run.done("baselines/").items()]
     base = run.done("steer/base")
@@ -91,7 +95,8 @@ def baselines_table(run: RunView) -> pd.DataFrame:
 # %% ../nbs/15_analysis.ipynb #47ffe82e
 DISTILL_COLS = ["trainable_params", "total_params", "kl_student", "kl_base", "gap_recovered", "gap_recovered_ci"]
 
-def distillation_table(run: RunView) -> pd.DataFrame:
+def distillation_table(run: RunView, # the run directory, read
+                       ) -> pd.DataFrame:
     "Base, steered teacher, exact bake and each distilled student, with parameter counts and the KL objective."
     rows = []
     (L, A), pos = run.point(), run.config["steering"]["positions"]
@@ -106,7 +111,8 @@ def distillation_table(run: RunView) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 # %% ../nbs/15_analysis.ipynb #8a3bbd0b
-def counts_table(run: RunView) -> pd.DataFrame:
+def counts_table(run: RunView, # the run directory, read
+                 ) -> pd.DataFrame:
     "The trajectory-count sweep: the student trained on the first n trajectories."
     d = run.config["distillation"]
     stages = dict(run.done("counts/"))
@@ -133,7 +139,9 @@ def plot_distillation(df: pd.DataFrame, # from `distillation_table`
     return fig
 
 # %% ../nbs/15_analysis.ipynb #0776639e
-def plot_counts(df: pd.DataFrame, teacher: dict | None = None): # from `counts_table`; the teacher's summary row
+def plot_counts(df: pd.DataFrame, # from `counts_table`
+                teacher: dict | None = None, # the teacher's summary row (drawn as a line)
+               ):
     "Trait (and gap recovered) against the number of trajectories, with the teacher as a line."
     import matplotlib.pyplot as plt
     ms = [m for m in ("trait_index", "trait_score") if f"{m}_mean" in df and df[f"{m}_mean"].notna().any()]
@@ -155,7 +163,8 @@ def plot_counts(df: pd.DataFrame, teacher: dict | None = None): # from `counts_t
 OBJECTIVE_COLS = ["objective", "train_tflops", "gap_recovered", "gap_recovered_ci", "gap_recovered_own", "gap_recovered_own_ci",
                   "kl_student", "kl_student_own", "kl_base_own"]
 
-def objectives_table(run: RunView) -> pd.DataFrame:
+def objectives_table(run: RunView, # the run directory, read
+                     ) -> pd.DataFrame:
     "Each distilled student (and the bake) with its objective, training compute and the gap on both distributions."
     rows = []
     for name, e in sorted(run.done("distilled/").items(), key=lambda kv: (kv[0] == "distilled/bake", kv[0])):
@@ -186,7 +195,8 @@ def plot_objectives(df: pd.DataFrame, # from `objectives_table`
     return fig
 
 # %% ../nbs/15_analysis.ipynb #9d223c96
-def gap_table(run: RunView) -> pd.DataFrame:
+def gap_table(run: RunView, # the run directory, read
+              ) -> pd.DataFrame:
     "Per student, from the `diagnostics` stage: share of the remaining gap and of the base KL at the start, and recovery by token class."
     rows = []
     for v, s in (run.manifest.get("diagnostics", {}).get("summary") or {}).items():
@@ -251,7 +261,8 @@ def gap_report(run: RunView, # a run
     return lines
 
 # %% ../nbs/15_analysis.ipynb #79b5860e
-def plot_scatter(run: RunView):
+def plot_scatter(run: RunView, # the run directory, read
+                ):
     "Trait against coherence for every evaluated answer, colored by steering coefficient."
     import matplotlib.pyplot as plt, seaborn as sns
     rows = []

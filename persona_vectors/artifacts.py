@@ -29,7 +29,8 @@ class InstructionPair:
     neg: str # instruction that suppresses it
 
 # %% ../nbs/03_artifacts.ipynb #60b1e03d
-def a_or_an(word: str) -> str:
+def a_or_an(word: str, # the word the article goes before
+           ) -> str:
     "The indefinite article for `word` ('an evil', 'a pirate', 'a helpful', 'an honest', 'a useful')."
     w = word.strip().lower()
     if w.startswith(("hour", "honest", "honor", "honour", "heir")): return "an"
@@ -87,7 +88,8 @@ class Trait:
 # %% ../nbs/03_artifacts.ipynb #5163f864
 class TraitError(ValueError):
     "Invalid trait artifacts; `.problems` lists every problem found, each naming the file and field."
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], # every problem found, each naming the file and field
+                ):
         self.problems = list(problems)
         super().__init__("\n".join(self.problems) if len(self.problems) == 1 else
                          f"{len(self.problems)} problems:\n" + "\n".join(self.problems))
@@ -137,7 +139,9 @@ def _check_pairs(pairs, fld: str, n: int | None, err: list[str]) -> list[Instruc
     return out
 
 # %% ../nbs/03_artifacts.ipynb #3642f1d5
-def rubric_problems(rubric, fld: str = "rubric") -> list[str]:
+def rubric_problems(rubric, # the parsed rubric (any JSON value; checked here)
+                    fld: str = "rubric", # the field name problems are reported under
+                   ) -> list[str]:
     "Problems of a judge rubric: not a format template, a missing `{question}`/`{answer}` slot, or an unknown slot."
     err = []
     if not _check_text(rubric, fld, err): return err
@@ -347,7 +351,10 @@ Write the study's artifacts for this trait:
 
 Reply with one JSON object with exactly the keys "instructions", "questions" and "rubric", and nothing else."""
 
-def trait_json_schema(n_pairs: int = N_PAIRS, n_extract: int = N_EXTRACT, n_eval: int = N_EVAL) -> dict:
+def trait_json_schema(n_pairs: int = N_PAIRS, # instruction pairs (eliciting, suppressing)
+                      n_extract: int = N_EXTRACT, # extraction questions
+                      n_eval: int = N_EVAL, # evaluation questions
+                     ) -> dict:
     "The JSON schema of the generator's answer (strict structured-output form)."
     s = {"type": "string"}
     qlist = lambda n: {"type": "array", "items": s, "minItems": n, "maxItems": n}
@@ -375,7 +382,8 @@ def openai_settings(base_url: str | None = None, # server URL; None: $OPENAI_BAS
     return base_url, api_key
 
 # %% ../nbs/03_artifacts.ipynb #59f22cc8
-def parse_json_answer(text: str | None) -> Any:
+def parse_json_answer(text: str | None, # a model's reply: one JSON object, optionally inside one Markdown code fence
+                     ) -> Any:
     "Parse a model's answer that must be one JSON object (optionally inside one Markdown code fence)."
     if text is None: raise ValueError("the answer is empty")
     t = text.strip()

@@ -243,7 +243,8 @@ def _set_dotted(d: dict, key: str, value):
         d = d[k]
     d[last] = value
 
-def parse_override(text: str) -> tuple[str, Any]:
+def parse_override(text: str, # one `--set` value, 'section.key=value' (the value read as TOML; strings may be bare)
+                  ) -> tuple[str, Any]:
     "Parse 'a.b=value' with the value read as TOML (strings may be bare)."
     if "=" not in text: raise ConfigError(f"override {text!r} is not key=value")
     k, v = text.split("=", 1); k = k.strip()
@@ -300,7 +301,8 @@ def config_dir() -> Path:
     from importlib.resources import files
     return Path(str(files("persona_vectors")/"configs"))
 
-def resolve_config_path(path: str | Path) -> Path:
+def resolve_config_path(path: str | Path, # a config file (TOML or a run's config.json), a run directory, or a shipped config's name
+                       ) -> Path:
     "A config file path (TOML or a run's config.json), a run directory's config.json, or a shipped config's path by name."
     p = Path(path)
     if p.is_file(): return p

@@ -66,7 +66,7 @@ class DistillTrainer(Trainer):
     "A `Trainer` minimising KL(steered teacher || student) (or the generalized JSD) on response tokens, normalised over the accumulated batch."
     loss_is_scaled_for_ga = True  # compute_loss already divides by the response tokens of the whole accumulated batch
 
-    def __init__(self, *args,
+    def __init__(self, *args, # passed to `Trainer` (model, args, ...)
                  steering: Steering, # the teacher's setting
                  teacher: str = "adapter", # 'adapter' (PEFT model, adapters disabled), 'copy' (`teacher_model`), 'topk' (cached)
                  teacher_model: nn.Module | None = None, # the frozen teacher weights for teacher='copy'
@@ -77,7 +77,8 @@ class DistillTrainer(Trainer):
                  student_tokenizer=None, # the student's tokenizer (needed when lmbda > 0)
                  student_bias: nn.Parameter | None = None, # the student's steering bias (`add_steering_bias`): removed for the teacher, saved with every checkpoint
                  bias_lr: float | None = None, # its learning rate (None: the adapters')
-                 **kwargs):
+                 **kwargs, # passed to `Trainer` (train_dataset, data_collator, callbacks, ...)
+                ):
         super().__init__(*args, **kwargs)
         if teacher not in TEACHERS: raise ValueError(f"unknown teacher {teacher!r}; expected one of {TEACHERS}")
         if teacher == "adapter" and not hasattr(unwrap(self.model), "disable_adapter"):

@@ -55,7 +55,8 @@ def offset_table(run: RunView, # a run
                          train_tflops=(s.get("train_flops") or 0) / 1e12, **gap_columns(s), **bias_against(run.dir/name/"train"/"adapter", offset)))
     return pd.DataFrame(rows)
 
-def steering_offset(run: RunView):
+def steering_offset(run: RunView, # the run directory, read
+                   ):
     "The offset the teacher adds, alpha * v[layer] (float64), from the run's vector file; None without it."
     import torch
     from persona_vectors.extraction import load_vector

@@ -86,7 +86,8 @@ def summarize(scores: Iterable[Score | float | None], # judge results (or plain 
     std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) >= 2 else None
     return dict(mean=mean, std=std, n=len(xs), n_none=len(vals) - len(xs))
 
-def format_summary(s: dict) -> str:
+def format_summary(s: dict, # a summary from `summarize`
+                  ) -> str:
     "A summary as 'mean ± std (n=.., k None)'."
     if s["mean"] is None: return f"- (n=0, {s['n_none']} None)"
     return f"{s['mean']:.1f} ± {(s['std'] or 0):.1f} (n={s['n']}, {s['n_none']} None)"
@@ -175,10 +176,13 @@ class _Secret:
 
 class JudgeError(RuntimeError):
     "Scoring stopped before every answer was scored; `.scores` holds what was scored (None elsewhere)."
-    def __init__(self, msg: str, scores: list | None = None):
+    def __init__(self, msg: str, # what stopped scoring
+                 scores: list | None = None, # the scores so far, one per answer (None where unscored)
+                ):
         super().__init__(msg); self.scores = scores
 
-def run_sync(coro):
+def run_sync(coro, # the coroutine to run
+            ):
     "Run a coroutine to completion, from plain code or from inside a running event loop (Jupyter)."
     try: asyncio.get_running_loop()
     except RuntimeError: return asyncio.run(coro)

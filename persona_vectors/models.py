@@ -268,12 +268,14 @@ def decoder_layers(model: nn.Module, # a transformers causal LM, possibly PEFT-w
     raise ValueError(f"cannot find the decoder blocks of {type(m).__name__}; looked for {_LAYER_PATHS}. "
                      "Supported: Llama, Mistral, Qwen2, Qwen3, Gemma, GPT-2, GPT-NeoX and similar.")
 
-def hidden_size(model: nn.Module) -> int:
+def hidden_size(model: nn.Module, # a causal LM, plain or PEFT-wrapped
+               ) -> int:
     "The residual-stream width of `model`."
     cfg = base_model(model).config
     return getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd")
 
-def unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module, # a model, possibly inside DDP / FSDP / DeepSpeed wrappers
+          ) -> nn.Module:
     "The module inside DDP / FSDP / DeepSpeed wrappers (`.module`), PEFT wrappers left in place."
     while isinstance(getattr(model, "module", None), nn.Module): model = model.module
     return model

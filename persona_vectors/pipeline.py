@@ -30,7 +30,9 @@ def _slug(x) -> str:
     "A file-name-safe rendering of a value."
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(x))
 
-def steer_stage(layer: int, alpha: float) -> str:
+def steer_stage(layer: int, # the steered layer
+                alpha: float, # the steering coefficient
+               ) -> str:
     "Stage name of the evaluation at one steering setting ('steer/base' for alpha 0)."
     return "steer/base" if alpha == 0 else f"steer/L{layer}_a{alpha:g}"
 
@@ -608,7 +610,8 @@ def _group_stage(self: Study, name: str):
 Study.__getattr__ = _group_stage  # attributes Study lacks; a module-level `__getattr__` would answer for the module
 
 # %% ../nbs/14_pipeline.ipynb #e9d6660c
-def plan(cfg: StudyConfig) -> "pd.DataFrame":
+def plan(cfg: StudyConfig, # the study config
+        ) -> "pd.DataFrame":
     "The stages of a config with their sizes and judge calls."
     import pandas as pd
     from persona_vectors.artifacts import load_trait

@@ -160,7 +160,8 @@ class Run:
         self.log(f"[{name}] done in {dt:.0f}s: {one_line(summary)}")
         return summary
 
-def one_line(summary) -> str:
+def one_line(summary, # a stage's summary (dict, number, string or None)
+            ) -> str:
     "A compact one-line rendering of a stage summary."
     if not isinstance(summary, dict): return str(summary)
     parts = []

@@ -313,7 +313,8 @@ def describe(values: Sequence[float | None], # a metric over answers, None where
 # %% ../nbs/06_steering.ipynb #dd9cc3d2
 EVAL_KEY = ("label", "question_index", "sample_index")
 
-def setting_label(settings: Sequence[Steering]) -> str:
+def setting_label(settings: Sequence[Steering], # the steering settings applied together
+                 ) -> str:
     "A readable label of steering settings ('base' for none)."
     return "base" if not settings else " + ".join(f"L{s.layer} a{s.alpha:g} {s.positions}" for s in settings)
 

@@ -35,12 +35,14 @@ def vector_hash(v: torch.Tensor, # a steering / persona vector
     h.update(v.view(torch.uint8).numpy().tobytes() if v.numel() else b"")
     return h.hexdigest()[:16]
 
-def steering_record(s: Steering) -> dict:
+def steering_record(s: Steering, # the teacher's setting
+                   ) -> dict:
     "The identity of a steering setting, as stored with every trajectory."
     return dict(vector_sha256=vector_hash(s.vector), vector_shape=list(s.vector.shape), layer=int(s.layer),
                 alpha=float(s.alpha), positions=s.positions)
 
-def tokenizer_fingerprint(tokenizer) -> str:
+def tokenizer_fingerprint(tokenizer, # the tokenizer (its vocabulary and special tokens are hashed)
+                         ) -> str:
     "Hash (16 hex digits) of a tokenizer's vocabulary and special tokens."
     vocab = sorted(tokenizer.get_vocab().items())
     special = [tokenizer.pad_token, tokenizer.eos_token, tokenizer.bos_token]
