@@ -153,8 +153,7 @@ class DistillTrainer(Trainer):
         "The teacher's final hidden states (and its head), or its cached top-k, for one batch."
         if self.teacher == "topk": return TopK(inputs["topk_ids"], inputs["topk_logp"]), None
         tm = unwrap(model) if self.teacher == "adapter" else self.teacher_model
-        with torch.no_grad(), eval_mode(tm), (adapters_disabled(tm) if self.teacher == "adapter" else contextlib.nullcontext()), \
-             (bias_removed(tm, self.student_bias) if self.teacher == "adapter" else contextlib.nullcontext()):
+        with torch.no_grad(), eval_mode(tm), (student_base(tm, self.student_bias) if self.teacher == "adapter" else contextlib.nullcontext()):
             return forward_hidden(tm, inputs, [self.steering]), output_head(tm)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
@@ -442,9 +441,10 @@ def steering_bias_of(model: nn.Module, # a model (PEFT-wrapped or not)
 
 @contextlib.contextmanager
 def student_base(model: nn.Module, # a LoRA student (PEFT model), with or without a steering bias
+                 bias: nn.Parameter | None | str = "find", # its steering bias; "find": the one its config records (`steering_bias_of`)
                 ):
     "Within the block, a LoRA student is its base model: adapters disabled and its steering bias taken out."
-    with adapters_disabled(model), bias_removed(model, steering_bias_of(model)): yield model
+    with adapters_disabled(model), bias_removed(model, steering_bias_of(model) if isinstance(bias, str) else bias): yield model
 
 # %% ../nbs/07c_distillation.ipynb #5d25d647
 def load_bias_checkpoint(bias: nn.Parameter, # the student's steering bias (changed in place)
