@@ -13,8 +13,8 @@ import pandas as pd
 from .records import read_json, atomic_write, RecordLog
 from fastcore.basics import patch
 from .parallel import is_main, barrier
-from .config import STAGES, DistillationConfig, report_sections
-from .pipeline import Study, count_trainings, sweep_variants
+from .config import STAGES, DistillationConfig, count_variants, report_sections
+from .pipeline import Study, count_stage, count_trainings, sweep_variants
 from .steering import summary_row, sweep_table, write_table, plot_sweep, save_figure, readable, METRICS, EVAL_KEY
 
 # %% auto #0
@@ -113,14 +113,19 @@ def distillation_table(run: RunView, # the run directory, read
 # %% ../nbs/15_analysis.ipynb #8a3bbd0b
 def counts_table(run: RunView, # the run directory, read
                  ) -> pd.DataFrame:
-    "The trajectory-count sweep: the student trained on the first n trajectories."
-    d = run.config["distillation"]
-    stages = dict(run.done("counts/"))
-    same = f"distilled/{d['count_variant']}"  # the count equal to n_trajectories is that variant's own stage (not trained twice)
-    if d["n_trajectories"] in d["trajectory_counts"] and f"counts/{d['n_trajectories']}" not in stages and run.done(same): stages[same] = run.manifest[same]
-    rows = [dict(summary_row(e["summary"], n_trajectories=e["summary"]["n_trajectories"]), **{k: e["summary"].get(k) for k in DISTILL_COLS})
-            for k, e in stages.items()]
-    return pd.DataFrame(rows).sort_values("n_trajectories").reset_index(drop=True) if rows else pd.DataFrame()
+    "The trajectory-count sweep: each count variant trained on the first n trajectories (a leading `variant` column when there are several)."
+    d = DistillationConfig(**run.config["distillation"])
+    variants, stages = count_variants(d), dict(run.done("counts/"))
+    for v in variants:  # the count equal to n_trajectories of a variant the study trains is that variant's own stage (not trained twice)
+        same = f"distilled/{v}"
+        if d.n_trajectories in d.trajectory_counts and count_stage(d, v, d.n_trajectories) not in stages and run.manifest.get(same, {}).get("status") == "done":
+            stages[same] = run.manifest[same]
+    rows = [dict(variant=(e.get("inputs") or {}).get("variant", variants[0]), **summary_row(e["summary"], n_trajectories=e["summary"]["n_trajectories"]),
+                 **{k: e["summary"].get(k) for k in DISTILL_COLS}) for k, e in stages.items()]
+    if not rows: return pd.DataFrame()
+    order = {v: i for i, v in enumerate(variants)}
+    df = pd.DataFrame(rows).sort_values(["variant", "n_trajectories"], key=lambda c: c.map(order).fillna(len(order)) if c.name == "variant" else c)
+    return (df if len(variants) > 1 else df.drop(columns="variant")).reset_index(drop=True)
 
 # %% ../nbs/15_analysis.ipynb #aef24866
 def plot_distillation(df: pd.DataFrame, # from `distillation_table`
@@ -147,14 +152,18 @@ def plot_counts(df: pd.DataFrame, # from `counts_table`
     ms = [m for m in ("trait_index", "trait_score") if f"{m}_mean" in df and df[f"{m}_mean"].notna().any()]
     extra = "gap_recovered" in df and df["gap_recovered"].notna().any()
     fig, axes = plt.subplots(1, len(ms) + extra, figsize=(4.2 * (len(ms) + extra), 3.4), squeeze=False)
+    curves = list(df.groupby("variant", sort=False)) if "variant" in df else [("student", df)]  # one curve per count variant
     for ax, m in zip(axes[0], ms):
-        ax.errorbar(df.n_trajectories, df[f"{m}_mean"], yerr=df[f"{m}_std"].fillna(0), marker="o", capsize=3, label="student")
+        for name, g in curves: ax.errorbar(g.n_trajectories, g[f"{m}_mean"], yerr=g[f"{m}_std"].fillna(0), marker="o", capsize=3, label=name)
         if teacher and teacher.get(f"{m}_mean") is not None: ax.axhline(teacher[f"{m}_mean"], color="#d62728", ls="--", label="steered teacher")
         ax.set_xscale("log"); ax.set_xlabel("trajectories"); ax.set_ylabel(m.replace("_", " ")); ax.grid(alpha=0.3); ax.legend()
     if extra:
-        ax = axes[0][-1]; ax.plot(df.n_trajectories, df.gap_recovered, marker="o"); ax.set_xscale("log")
-        if "gap_recovered_ci" in df and df.gap_recovered_ci.notna().all():  # the bootstrap interval over held-out trajectories
-            ax.fill_between(df.n_trajectories, [c[0] for c in df.gap_recovered_ci], [c[1] for c in df.gap_recovered_ci], alpha=0.25)
+        ax = axes[0][-1]; ax.set_xscale("log")
+        for name, g in curves:
+            ax.plot(g.n_trajectories, g.gap_recovered, marker="o", label=name)
+            if "gap_recovered_ci" in g and g.gap_recovered_ci.notna().all():  # the bootstrap interval over held-out trajectories
+                ax.fill_between(g.n_trajectories, [c[0] for c in g.gap_recovered_ci], [c[1] for c in g.gap_recovered_ci], alpha=0.25)
+        if len(curves) > 1: ax.legend()
         ax.set_xlabel("trajectories"); ax.set_ylabel("fraction of steering gap recovered (KL)"); ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
@@ -312,7 +321,7 @@ def missing_report(run: RunView, # a run (its config says what it plans, its man
         "distillation": ("Distillation variants", ("trajectories", "distilled/", "counts/", "budget/"), bool(d.get("variants") or d.get("trajectory_counts") or d.get("lr_sweep") or d.get("budget_variants"))),
         "baselines": ("Baselines (unsteered)", ("baselines/",), bool(cfg.get("baselines", {}).get("models")))}
     expected = ([f"distilled/{v}" for v in d.get("variants", [])] + ["distilled/bake"] * bool(d.get("bake"))
-                + [f"counts/{n}" for n in count_trainings(DistillationConfig(**d))] + [f"budget/{v}" for v in d.get("budget_variants", [])]
+                + [count_stage(DistillationConfig(**d), v, n) for v, n in count_trainings(DistillationConfig(**d))] + [f"budget/{v}" for v in d.get("budget_variants", [])]
                 + [f"distilled/{v}" for names in sweep_variants(DistillationConfig(**d)).values() for v in names if v not in d.get("variants", [])]) if d else []
     parts, unfinished = [], []
     for g, (title, prefixes, enabled) in groups.items():
@@ -413,7 +422,7 @@ def answer_settings(run: RunView, # a run
         elif kind == "distilled": label, tags, order = f"{s.get('variant', name.split('/', 1)[1])} (distilled)", "distilled key", (2, 0, pos)
         elif kind == "counts":
             n = s.get("n_trajectories", name.split("/")[-1])
-            label, tags, order = f"{run.config['distillation'].get('count_variant', 'student')} on {n} trajectories", "counts", (4, pos)
+            label, tags, order = f"{inp.get('variant') or run.config['distillation'].get('count_variant', 'student')} on {n} trajectories", "counts", (4, pos)
         elif kind == "vector_methods": label, tags, order = f"{name.split('/', 1)[1]} vector (L{L}, alpha {A:g}, matched norm)", "steering vector_methods", (3, -1, pos)
         elif kind == "baselines": label, tags, order = f"{s.get('model', name.split('/', 1)[1])} (baseline)", "baselines", (5, name)
         else: label, tags, order = name.split("/", 1)[-1], kind, (6, pos)

@@ -87,7 +87,7 @@ def config_problems(cfg: StudyConfig, # a validated config
     p += [f"distillation.budget_variants: {v!r} is a full fine-tune; the step-budget curve saves LoRA students" for v in d.budget_variants if parse_variant(v)["base"] == "full"]
     p += [f"distillation.trajectory_counts[{j}] = {n}: must be between 1 and distillation.n_trajectories = {d.n_trajectories}"
           for j, n in enumerate(d.trajectory_counts) if not 1 <= n <= d.n_trajectories]
-    lora = [v for v in list(d.variants) + list(d.lr_sweep) + list(d.budget_variants) + ([d.count_variant] if d.trajectory_counts else []) if v.startswith("lora")]
+    lora = [v for v in list(d.variants) + list(d.lr_sweep) + list(d.budget_variants) + (count_variants(d) if d.trajectory_counts else []) if v.startswith("lora")]
     if lora and facts:
         bad = [m for m in d.target_modules if m not in facts["linear_modules"]]
         if bad: p.append(f"distillation.target_modules: {bad} not in {facts['architecture']}'s linear layers {facts['linear_modules']}")
@@ -154,7 +154,7 @@ def preflight(cfg: StudyConfig, # a validated config
         elif name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
             problems.append(f"{key}: model directory {name!r} does not exist")
     d = cfg.distillation
-    trained = list(d.variants) + list(d.lr_sweep) + list(d.budget_variants) + ([d.count_variant] if d.trajectory_counts else [])
+    trained = list(d.variants) + list(d.lr_sweep) + list(d.budget_variants) + (count_variants(d) if d.trajectory_counts else [])
     full = any(parse_variant(v)["base"] == "full" for v in trained)
     if full and "8bit" in d.full_optimizer and importlib.util.find_spec("bitsandbytes") is None:
         problems.append(f"distillation.full_optimizer = {d.full_optimizer!r} needs bitsandbytes (`pip install bitsandbytes`, on a CUDA machine)")

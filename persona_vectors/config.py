@@ -20,8 +20,9 @@ from .parallel import is_main, barrier, world_size
 # %% auto #0
 __all__ = ['OBJECTIVES', 'STUDENT_BIAS_SUFFIXES', 'STAGE_GROUPS', 'STAGES', 'ModelConfig', 'TraitConfig', 'JudgeConfig',
            'ExtractionConfig', 'SteeringConfig', 'EvaluationConfig', 'SweepConfig', 'parse_variant',
-           'DistillationConfig', 'MonitoringConfig', 'BaselinesConfig', 'StudyConfig', 'ConfigError', 'parse_override',
-           'validate_config', 'load_config', 'config_dir', 'resolve_config_path', 'StageGroup', 'report_sections']
+           'DistillationConfig', 'MonitoringConfig', 'BaselinesConfig', 'StudyConfig', 'count_variants', 'ConfigError',
+           'parse_override', 'validate_config', 'load_config', 'config_dir', 'resolve_config_path', 'StageGroup',
+           'report_sections']
 
 # %% ../nbs/11_config.ipynb #351265e4
 class _Section(BaseModel):
@@ -144,7 +145,7 @@ class DistillationConfig(_Section):
     temperature: float = Field(1.0, gt=0) # trajectory sampling
     top_p: float = Field(0.95, gt=0, le=1) # trajectory sampling
     trajectory_counts: list[int] = [50, 100, 200, 500, 1000] # the trajectory-count sweep (empty: skip)
-    count_variant: str = "lora8" # student used for the trajectory-count sweep
+    count_variant: Union[str, list[str]] = "lora8" # the student of the trajectory-count sweep, or a list of students (one curve each)
     max_steps: int = Field(500, ge=1)
     batch_size: int = Field(2, ge=1)
     grad_accum: int = Field(4, ge=1)
@@ -171,6 +172,13 @@ class DistillationConfig(_Section):
     @classmethod
     def _variants(cls, v):
         for x in ([v] if isinstance(v, str) else v): parse_variant(x)
+        return v
+
+    @field_validator("count_variant")
+    @classmethod
+    def _count_variant(cls, v):
+        if isinstance(v, list) and not v: raise ValueError("expected a variant name or a list of at least one")
+        if isinstance(v, list) and len(set(v)) < len(v): raise ValueError(f"a variant is named twice: {v}")
         return v
 
     @field_validator("lr_sweep")
@@ -230,6 +238,12 @@ class StudyConfig(_Section):
     baselines: BaselinesConfig = BaselinesConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     compare_to: Optional[str] = None # a finished run directory the report sets beside this one (e.g. the float32 run of a bf16 study)
+
+# %% ../nbs/11_config.ipynb #f1c635d9
+def count_variants(d: DistillationConfig, # the [distillation] section
+                  ) -> list[str]:
+    "The students of the trajectory-count sweep, in order (`count_variant` is one variant name or a list)."
+    return [d.count_variant] if isinstance(d.count_variant, str) else list(d.count_variant)
 
 # %% ../nbs/11_config.ipynb #aa164be0
 class ConfigError(UserError, ValueError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from .config import DistillationConfig, parse_variant
+from .config import DistillationConfig, count_variants, parse_variant
 from .pipeline import sweep_variants
 from .analysis import RunView
 
@@ -99,12 +99,14 @@ def budget_table(run: RunView, # a run with `distillation.budget_variants`
 
 def count_table(run: RunView, # a run with `distillation.trajectory_counts`
                ) -> pd.DataFrame:
-    "The count variant trained on the first n trajectories (at `count_steps`): both gaps against n."
-    d = run.config["distillation"]
-    rows = [dict(n_trajectories=e["summary"]["n_trajectories"], steps=e["summary"].get("steps"), train_tflops=(e["summary"].get("train_flops") or 0) / 1e12,
-                 **gap_columns(e["summary"]))
+    "Each count variant trained on the first n trajectories (at `count_steps`): both gaps against n, a curve per variant in `count_variant`'s order."
+    vs = count_variants(DistillationConfig(**run.config["distillation"]))
+    rows = [dict(variant=(e.get("inputs") or {}).get("variant", vs[0]), n_trajectories=e["summary"]["n_trajectories"], steps=e["summary"].get("steps"),
+                 train_tflops=(e["summary"].get("train_flops") or 0) / 1e12, **gap_columns(e["summary"]))
             for e in run.done("counts/").values()]
-    return pd.DataFrame(rows).sort_values("n_trajectories").reset_index(drop=True) if rows else pd.DataFrame()
+    if not rows: return pd.DataFrame()
+    order = {v: i for i, v in enumerate(vs)}
+    return pd.DataFrame(rows).sort_values(["variant", "n_trajectories"], key=lambda c: c.map(order).fillna(len(order)) if c.name == "variant" else c).reset_index(drop=True)
 
 # %% ../nbs/17b_distillation_shapes.ipynb #f08ff20d
 RANK_ORDER = ("lora4", "lora8", "lora16", "lora32", "lora64", "full")
@@ -128,12 +130,12 @@ def plot_curves(budgets: pd.DataFrame, # `budget_table`
                 counts: pd.DataFrame, # `count_table`
                 bake: float | None = None, # the bake's own-sample gap (a reference line)
                ):
-    "Gap recovered on own samples against optimizer steps (per budget student) and against trajectories (the count variant)."
+    "Gap recovered on own samples against optimizer steps (per budget student) and against trajectories (per count variant)."
     import matplotlib.pyplot as plt
     panels = [(df, x, t) for df, x, t in ((budgets, "steps", "optimizer steps"), (counts, "n_trajectories", "trajectories")) if len(df)]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.6), squeeze=False)
     for ax, (df, x, title) in zip(axes[0], panels):
-        groups = df.groupby("variant") if "variant" in df else [("count variant", df)]
+        groups = df.groupby("variant", sort=False) if "variant" in df else [("count variant", df)]
         for v, g in groups:
             g = g.sort_values(x); lo, hi = zip(*g.gap_recovered_own_ci)
             ax.errorbar(g[x], g.gap_recovered_own, yerr=[g.gap_recovered_own - pd.Series(lo, index=g.index), pd.Series(hi, index=g.index) - g.gap_recovered_own],
@@ -201,15 +203,23 @@ def shapes_report(directory: str | Path, # a run directory
                   write_table(bt, d/"tables"/"step_budgets", ["variant", "steps", "train_tflops", "gap_recovered", "gap_recovered_ci",
                               "gap_recovered_own", "gap_recovered_own_ci", "trait_index", "trait_index_se"]), ""] + lines + [""]
     if len(nt) and nt.gap_recovered_own.notna().all():  # (a run without own-sample gaps has the core *Trajectory counts* section only)
-        f = flattens_at(nt.n_trajectories.tolist(), nt.gap_recovered_own.tolist(), nt.gap_recovered_own_ci.tolist())
-        parts += ["## Trajectory counts, with intervals", "", f"`{cfg.get('count_variant')}` on the first n of the "
+        several = nt.variant.nunique() > 1
+        curves = [(v, g, flattens_at(g.n_trajectories.tolist(), g.gap_recovered_own.tolist(), g.gap_recovered_own_ci.tolist())) for v, g in nt.groupby("variant", sort=False)]
+        f, first = curves[0][2], curves[0][1]
+        who = ("Each count variant (" + ", ".join(f"`{v}`" for v, _, _ in curves) + ")") if several else f"`{cfg.get('count_variant')}`"
+        table = nt if several else nt.drop(columns="variant")
+        verdict = ([f"- **{v}**: {g.gap_recovered_own.iloc[0]:.3f} at {g.n_trajectories.iloc[0]} → {g.gap_recovered_own.iloc[-1]:.3f} "
+                    f"{_ci(g.gap_recovered_own_ci.iloc[-1])} at {g.n_trajectories.iloc[-1]}; "
+                    + (f"flattens at {fv} trajectories." if fv is not None else "still rising at its largest count.") for v, g, fv in curves]
+                   + ["", f"The seed: {SEED['counts'][50]} at 50 trajectories to {SEED['counts'][1000]} at 1,000."]) if several else \
+                  [f"The count curve {'flattens at ' + str(f) + ' trajectories' if f is not None else 'is still rising at its largest count'} "
+                   f"(the seed: {SEED['counts'][50]} at 50 trajectories to {SEED['counts'][1000]} at 1,000)."]
+        parts += ["## Trajectory counts, with intervals", "", f"{who} on the first n of the "
                   f"{cfg['n_trajectories']} trajectories, each at {nt.steps.iloc[0]} steps (the seed's relative sizes: "
-                  + ", ".join(f"{n / nt.n_trajectories.max():.0%}" for n in nt.n_trajectories) + " of the largest; a pass over a count that is not a "
+                  + ", ".join(f"{n / first.n_trajectories.max():.0%}" for n in first.n_trajectories) + " of the largest; a pass over a count that is not a "
                   "multiple of a step's 8 sequences ends with a shorter step, hence the smaller counts' lower `train_tflops`).", "",
-                  write_table(nt, d/"tables"/"count_curve", ["n_trajectories", "steps", "train_tflops", "gap_recovered", "gap_recovered_ci", "gap_recovered_own",
-                              "gap_recovered_own_ci", "trait_index", "trait_index_se"]), "",
-                  f"The count curve {'flattens at ' + str(f) + ' trajectories' if f is not None else 'is still rising at its largest count'} "
-                  f"(the seed: {SEED['counts'][50]} at 50 trajectories to {SEED['counts'][1000]} at 1,000).", ""]
+                  write_table(table, d/"tables"/"count_curve", ["variant"] * several + ["n_trajectories", "steps", "train_tflops", "gap_recovered", "gap_recovered_ci",
+                              "gap_recovered_own", "gap_recovered_own_ci", "trait_index", "trait_index_se"]), ""] + verdict + [""]
     nt = nt if len(nt) and nt.gap_recovered_own.notna().all() else pd.DataFrame()
     if len(bt) or len(nt):
         (d/"figures").mkdir(exist_ok=True)
@@ -241,10 +251,10 @@ def seed_comparison(shape_dir: str | Path, # a run directory with the shape stag
         rows.append(dict(finding="a larger rank recovers more", seed=" < ".join(f"{v} {s}" for v, s in SEED["ranks"].items()),
                          here=" · ".join(f"{r.variant} {_fmt(r.gap_recovered_own)} (lr {r.learning_rate:g})" for r in ch.itertuples()),
                          holds=rank_verdict(ch).split(" (")[0].replace("The seed's ordering ", "")))
-    nt = count_table(run)
-    if len(nt) and nt.gap_recovered_own.notna().all():
+    counts = count_table(run)
+    for v, nt in (counts.groupby("variant", sort=False) if len(counts) and counts.gap_recovered_own.notna().all() else []):
         f = flattens_at(nt.n_trajectories.tolist(), nt.gap_recovered_own.tolist(), nt.gap_recovered_own_ci.tolist())
-        rows.append(dict(finding="more trajectories help, with diminishing returns", seed="45.7 at 50 trajectories → 86.9 at 1,000",
+        rows.append(dict(finding="more trajectories help, with diminishing returns" + (f" ({v})" if counts.variant.nunique() > 1 else ""), seed="45.7 at 50 trajectories → 86.9 at 1,000",
                          here=f"{_fmt(nt.gap_recovered_own.iloc[0])} at {nt.n_trajectories.iloc[0]} → {_fmt(nt.gap_recovered_own.iloc[-1])} at "
                               f"{nt.n_trajectories.iloc[-1]}" + (f"; flattens at {f}" if f is not None else "; still rising"),
                          holds="yes" if nt.gap_recovered_own.iloc[-1] > nt.gap_recovered_own_ci.iloc[0][1] else "no"))

@@ -22,8 +22,8 @@ from .checks import *
 from .run_directory import *
 
 # %% auto #0
-__all__ = ['steer_stage', 'Study', 'sweep_settings', 'choose_setting', 'variant_config', 'count_trainings', 'sweep_variants',
-           'plan']
+__all__ = ['steer_stage', 'Study', 'sweep_settings', 'choose_setting', 'variant_config', 'count_stage', 'count_trainings',
+           'sweep_variants', 'plan']
 
 # %% ../nbs/14_pipeline.ipynb #deae95ba
 def _slug(x) -> str:
@@ -467,10 +467,10 @@ def _evaluate_student(self: Study, student, out: Path, label: str, base=None, st
 
 @patch
 def distilled(self: Study, variant: str, n_trajectories: int | None = None):
-    "Stage `distilled/<variant>` (or `counts/<n>`): train a student on the teacher's trajectories and evaluate it."
+    "Stage `distilled/<variant>` (or, given `n_trajectories`, its `count_stage`): train a student on the teacher's trajectories and evaluate it."
     d = self.cfg.distillation
     n = n_trajectories or d.n_trajectories
-    name = f"counts/{n}" if n_trajectories else f"distilled/{variant}"
+    name = count_stage(d, variant, n) if n_trajectories else f"distilled/{variant}"
     cfg_ = variant_config(variant, d, self.cfg.seed)
     if n_trajectories and d.count_steps: cfg_ = replace(cfg_, max_steps=d.count_steps, save_steps=max(1, d.count_steps // 5))
     inputs = dict(variant=variant, n=n, config=_key_config(cfg_), evaluation=self.cfg.evaluation.model_dump(),
@@ -521,11 +521,18 @@ def bake(self: Study):
         return summ
     return self.run.stage("distilled/bake", inputs, ["trajectories"], fn)
 
+def count_stage(d: DistillationConfig, # the [distillation] section
+                variant: str, # one of its `count_variants`
+                n: int, # the trajectories it trains on
+               ) -> str:
+    "The stage of a trajectory-count run: `counts/<n>` for the first count variant (as before lists), `counts/<variant>/<n>` for another."
+    return f"counts/{n}" if variant == count_variants(d)[0] else f"counts/{variant}/{n}"
+
 def count_trainings(d: DistillationConfig, # the [distillation] section
-                   ) -> list[int]:
-    "The trajectory counts that need a training of their own: the count equal to `n_trajectories` of a variant the study trains anyway is that variant's stage."
-    same = d.count_variant in d.variants and d.count_steps in (None, d.max_steps)
-    return [n for n in d.trajectory_counts if not (n == d.n_trajectories and same)]
+                   ) -> list[tuple[str, int]]:
+    "(variant, n) of the trajectory-count runs that need a training of their own: the count equal to `n_trajectories` of a variant the study trains anyway is that variant's stage."
+    same = lambda v: v in d.variants and d.count_steps in (None, d.max_steps)
+    return [(v, n) for v in count_variants(d) for n in d.trajectory_counts if not (n == d.n_trajectories and same(v))]
 
 def sweep_variants(d: DistillationConfig, # the [distillation] section
                   ) -> dict[str, list[str]]:
@@ -577,7 +584,7 @@ def distillation(self: Study):
     for v in d.variants: self.distilled(v)
     if d.bake: self.bake()
     if d.diagnostics: self.diagnostics()
-    for n in count_trainings(d): self.distilled(d.count_variant, n)  # the same data, config and seed would give the same student
+    for v, n in count_trainings(d): self.distilled(v, n)  # the same data, config and seed would give the same student
     from itertools import zip_longest
     sweep = [v for names in zip_longest(*sweep_variants(d).values()) for v in names if v]  # every variant's first rate, then the second, ...
     for v in sweep:

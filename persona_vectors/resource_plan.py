@@ -13,7 +13,7 @@ from pathlib import Path
 from .resources import (ACCELERATORS, Accelerator, DTYPE_BYTES, Generation, GiB, ModelShape, Training,
                                        generation_memory, generation_time, matmul_rate, model_shape, shape_from_config,
                                        this_cpu, train_flops, train_memory, train_step_time)
-from .config import StudyConfig, load_config, parse_variant
+from .config import StudyConfig, count_variants, load_config, parse_variant
 from .pipeline import sweep_settings, count_trainings, sweep_variants
 
 # %% auto #0
@@ -130,9 +130,11 @@ def study_stages(cfg: StudyConfig, # a validated config
             rows.append(dict(stage=f"distilled/{v}", what=f"train {steps}" + (f" ({share:.0%} sampled by the student)" if share else "") + "; evaluate",
                              training=training(v), runs=1, steps=d.max_steps, passes=own + evaluation(shape.params * wb) + [heldout, heldout]))
         if d.bake: rows.append(dict(stage="distilled/bake", what="evaluate the baked model", passes=evaluation(shape.params * wb) + [heldout, heldout]))
-        if count_trainings(d):
-            k = len(count_trainings(d))  # the count equal to n_trajectories of a trained variant reuses its stage
-            rows.append(dict(stage=f"counts ({k} runs)", what=f"{d.count_variant}, {k} x: train {steps}; evaluate", training=training(d.count_variant), runs=k,
+        for v in count_variants(d):  # a row per count variant (the first's as before lists)
+            k = sum(w == v for w, _ in count_trainings(d))  # the count equal to n_trajectories of a trained variant reuses its stage
+            if not k: continue
+            rows.append(dict(stage=f"counts ({k} runs)" if v == count_variants(d)[0] else f"counts/{v} ({k} runs)", what=f"{v}, {k} x: train {steps}; evaluate",
+                             training=training(v), runs=k,
                              steps=d.count_steps or d.max_steps, passes=[replace(p, answers=p.answers * k) for p in evaluation(shape.params * wb) + [heldout, heldout]]))
         for v in d.budget_variants:  # one run to the largest budget; each budget's student evaluated
             k, top = len(d.step_budgets), max(d.step_budgets, default=0)
