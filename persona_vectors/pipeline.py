@@ -216,21 +216,18 @@ def vector(self: Study):
                   monitor_layer=self.monitor_layer())
     deps = ["extraction"] + (["extraction_judge"] if self.cfg.judge.kind != "none" else [])
     def fn(out):
-        from persona_vectors.extraction import filter_pairs, extract, save_vector
-        from persona_vectors.steering import heldout_separation, Monitor
+        from persona_vectors.extraction import filter_pairs, save_vector
+        from persona_vectors.steering import measure_vector
         m, t = self.model()
         recs = filter_pairs(self.extraction_answers(), e.trait_threshold, e.coherence_threshold, verbose=False)
-        vecs = extract(m, recs, batch_size=e.batch_size, progress=self.progress)
+        got = measure_vector(m, t, recs, e.variant, self.monitor_layer(), batch_size=e.batch_size, progress=self.progress)  # two reads of the answers
+        vecs, sep = got["vectors"], got["separation"]
         n_pos = sum(r["side"] == "pos" for r in recs)
         save_vector(out/"persona.safetensors", vecs, dict(model=self.cfg.model.name, trait=self.cfg.trait.name,
                     n_pos=n_pos, n_neg=len(recs) - n_pos, filtered=self.cfg.judge.kind != "none"))
-        sep = heldout_separation(m, t, recs, batch_size=e.batch_size)
         write_json(out/"separation.json", {str(k): v for k, v in sep.items()})
-        best = max(sep, key=sep.get); ml = self.monitor_layer() or best
-        mon = Monitor(m, t, vecs[e.variant], ml, batch_size=e.batch_size)
-        cal = mon.calibrate([(r["question"], r["response_ids"]) for r in recs if r["side"] == "pos"],
-                            [(r["question"], r["response_ids"]) for r in recs if r["side"] == "neg"])
-        write_json(out/"monitor.json", cal)
+        best, ml = max(sep, key=sep.get), got["monitor"].layer
+        write_json(out/"monitor.json", got["monitor"].calibration())
         return dict(pos=n_pos, neg=len(recs) - n_pos, monitor_layer=ml, auroc_at_monitor_layer=sep.get(ml), best_layer=best, best_auroc=sep[best])
     return self.run.stage("vector", inputs, deps, fn)
 

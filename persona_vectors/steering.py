@@ -24,8 +24,9 @@ from .records import RecordLog, atomic_write
 
 # %% auto #0
 __all__ = ['POSITIONS', 'NEUTRAL_SYSTEM', 'METRICS', 'EVAL_KEY', 'Steering', 'steering_mask', 'Steerer', 'steer',
-           'generated_vs_forward', 'unadapted', 'auroc', 'Monitor', 'heldout_separation', 'describe', 'setting_label',
-           'evaluate', 'sweep', 'summary_row', 'readable', 'sweep_table', 'write_table', 'plot_sweep', 'save_figure']
+           'generated_vs_forward', 'unadapted', 'auroc', 'Monitor', 'heldout_separation', 'measure_vector', 'describe',
+           'setting_label', 'evaluate', 'sweep', 'summary_row', 'readable', 'sweep_table', 'write_table', 'plot_sweep',
+           'save_figure']
 
 # %% ../nbs/06_steering.ipynb #4a732d0e
 POSITIONS = ("all", "prompt", "response")
@@ -248,8 +249,14 @@ class Monitor:
 
     def calibrate(self, pos_items, neg_items) -> dict:
         "Set the trait index scale from pos and neg extraction answers, read neutrally; return the calibration."
-        pos = [r["projection"] for r in self.read(pos_items) if r["projection"] is not None]
-        neg = [r["projection"] for r in self.read(neg_items) if r["projection"] is not None]
+        return self.calibrate_projections([r["projection"] for r in self.read(pos_items) if r["projection"] is not None],
+                                          [r["projection"] for r in self.read(neg_items) if r["projection"] is not None])
+
+    def calibrate_projections(self, pos: Sequence[float], # projections of pos answers, read neutrally at this monitor's layer
+                              neg: Sequence[float], # the same for neg answers
+                             ) -> dict:
+        "Set the trait index scale from projections already read (`measure_vector` reads them with the held-out check); return the calibration."
+        pos, neg = list(pos), list(neg)
         if not pos or not neg: raise ValueError("calibration needs non-empty pos and neg answers")
         self.pos_mean, self.neg_mean = sum(pos) / len(pos), sum(neg) / len(neg)
         if self.pos_mean == self.neg_mean: raise ValueError(f"pos and neg answers project identically at layer {self.layer}")
@@ -298,6 +305,43 @@ def heldout_separation(model, # the unsteered model
         pr = means[:, l].double() @ (v[l].double() / v[l].double().norm())
         out[l] = auroc(pr[side].tolist(), pr[~side].tolist())
     return out
+
+# %% ../nbs/06_steering.ipynb #3feeaa73
+def measure_vector(model, # the unsteered model the answers came from
+                   tokenizer, # its tokenizer
+                   records: Sequence[dict], # contrastive answers (after `filter_pairs`)
+                   variant: str = "response_avg", # the vector variant the monitor reads
+                   monitor_layer: int | None = None, # the monitor's layer (None: the layer of best held-out separation)
+                   train_fraction: float = 0.5, # fraction of questions the held-out check's vector is built from
+                   neutral_system: str = NEUTRAL_SYSTEM, # the prompt answers are read under for the check and the monitor
+                   batch_size: int = 16, # sequences per forward batch
+                   progress: bool = True, # show progress bars
+                  ) -> dict:
+    "The persona vectors, their held-out separation per layer and a calibrated `Monitor`, from two reads of the answers instead of four."
+    from persona_vectors.extraction import VARIANTS, persona_vector
+    recs = [r for r in records if len(r["response_ids"])]
+    if not recs: raise ValueError("no contrastive answers with response tokens: the filtered set is empty")
+    qs = list(dict.fromkeys(r["question"] for r in recs))
+    if len(qs) < 2: raise ValueError("held-out separation needs answers to at least 2 questions")
+    k = max(1, min(len(qs) - 1, round(len(qs) * train_fraction)))
+    side = torch.tensor([r["side"] == "pos" for r in recs])
+    train = torch.tensor([r["question"] in set(qs[:k]) for r in recs])
+    written = activation_means(model, [(r["prompt_ids"] + r["response_ids"], len(r["prompt_ids"])) for r in recs],
+                               batch_size=batch_size, progress=progress)  # as `extract` reads them
+    vectors = {v: persona_vector(written[v][side], written[v][~side]) for v in VARIANTS}
+    half = persona_vector(written["response_avg"][train & side], written["response_avg"][train & ~side])
+    seqs = [(p + list(r["response_ids"]), len(p)) for r in recs for p in [chat_prompt_ids(tokenizer, r["question"], neutral_system)]]
+    with torch.no_grad(), unadapted(model):
+        neutral = activation_means(model, seqs, batch_size, pad_id=tokenizer.pad_token_id, progress=progress)["response_avg"]
+    held, sep = ~train, {}
+    for l in range(1, half.shape[0]):
+        if half[l].norm() == 0: continue
+        pr = neutral[held][:, l].double() @ (half[l].double() / half[l].double().norm())
+        sep[l] = auroc(pr[side[held]].tolist(), pr[~side[held]].tolist())
+    mon = Monitor(model, tokenizer, vectors[variant], monitor_layer or max(sep, key=sep.get), neutral_system, batch_size)
+    proj = neutral[:, mon.layer].double() @ mon.unit.double()
+    mon.calibrate_projections(proj[side].tolist(), proj[~side].tolist())
+    return dict(vectors=vectors, separation=sep, monitor=mon)
 
 # %% ../nbs/06_steering.ipynb #f16955bc
 METRICS = ("trait_index", "projection", "logprob", "trait_score", "coherence_score")

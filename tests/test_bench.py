@@ -198,6 +198,7 @@ def test_benchmarks_notebook_claims():
     ratio = lambda pre, post="": next(x["ratio"] for k, x in r.items() if k.startswith(pre) and k.endswith(post))
     assert r["steered_generation_tokens_per_s"]["met"], "'Steering is free': below its goal"
     assert ratio("activation_means_", "_time") < 1 and ratio("activation_means_", "_peak_memory") < 1, "'extraction ... is faster and holds less memory'"
+    assert r[next(k for k in r if k.startswith("vector_stage_"))]["met"] and ratio("vector_stage_", "_time") < 0.7, "'the vector stage ... takes about 0.6x the time'"
     assert ratio("lora_step_peak_memory") < 1 and r["lora_step_time_adapter_vs_copy"]["met"], "'LoRA ... saves memory at the step time of the plain script'"
     assert ratio("full_ft_step_time") < 1 and ratio("full_ft_step_peak_memory") < 1, "'a full fine-tune on cached top-k ... skips the teacher'"
     kl = {k: x["ratio"] for k, x in r.items() if k.startswith("kl_loss_peak_memory")}
