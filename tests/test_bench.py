@@ -147,9 +147,12 @@ def test_bench_quick(tmp_path):
     assert "steered_generation_tokens_per_s" in names
     assert any(n.startswith("kl_loss_peak_memory") for n in names) and any(n.startswith("lora_step") for n in names)
     # the benchmarks that compare results checked them (they assert inside; the recorded differences are small)
-    ext = next(r for r in res["rows"] if r["name"].endswith("_time") and r["section"] == "extraction")
+    ext = next(r for r in res["rows"] if r["name"].startswith("activation_means_") and r["name"].endswith("_time"))
     print(f"extraction: max |diff| {ext['details']['max_abs_diff']:.2g} of values up to {ext['details']['max_abs_value']:.3g}")
     assert ext["details"]["max_abs_diff"] <= 1e-3 * ext["details"]["max_abs_value"]
+    vs = next(r for r in res["rows"] if r["name"].startswith("vector_stage_"))  # two reads against four: the same vectors, check and calibration
+    print(f"vector stage: separation within {vs['details']['separation_max_abs_diff']:.1g}, calibration within {vs['details']['calibration_max_rel_diff']:.1g}")
+    assert vs["details"]["separation_max_abs_diff"] <= 1e-6 and vs["details"]["calibration_max_rel_diff"] <= 1e-4
 
 
 # ------------------------------------------------------------------------------------------------- committed results
