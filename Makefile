@@ -2,6 +2,9 @@
 PY ?= python3
 FLAGS ?= slow
 JOBS ?= 2  # test processes (pytest-xdist); the longest test files start first (tests/conftest.py)
+# torch threads per test process: JOBS processes x THREADS threads fill the cores without oversubscribing them
+# (two copies of 07c's notebook side by side on 2 cores: 68 s at 2 threads each, 28 s at 1)
+THREADS ?= $(shell $(PY) -c "import os; print(max(1, (os.cpu_count() or 1) // $(strip $(JOBS))))")
 
 .PHONY: install study test test-fast check clean-nbs bench gpu-check docs
 install: .install.stamp
@@ -19,7 +22,7 @@ study: install  ## the main job: the demo study end to end on the packaged model
 	HF_HUB_OFFLINE=1 $(PY) -m persona_vectors.cli demo
 
 test: install  ## every notebook and pytest test, slow ones included (FLAGS=slow)
-	HF_HUB_OFFLINE=1 PV_TEST_FLAGS="$(FLAGS)" $(PY) -m pytest -q -n $(JOBS) --dist loadfile --durations=12
+	OMP_NUM_THREADS=$(THREADS) MKL_NUM_THREADS=$(THREADS) HF_HUB_OFFLINE=1 PV_TEST_FLAGS="$(FLAGS)" $(PY) -m pytest -q -n $(JOBS) --dist loadfile --durations=12
 
 test-fast: install  ## skip the cells and tests flagged slow
 	HF_HUB_OFFLINE=1 PV_TEST_FLAGS="" $(PY) -m pytest -q -m "not slow"
