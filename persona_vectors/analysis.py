@@ -19,11 +19,11 @@ from .steering import summary_row, sweep_table, write_table, plot_sweep, save_fi
 
 # %% auto #0
 __all__ = ['DISTILL_COLS', 'OBJECTIVE_COLS', 'ANSWER_METRICS', 'DEMO_FILES', 'RunView', 'steering_rows', 'coefficient_table',
-           'layer_table', 'baselines_table', 'distillation_table', 'counts_table', 'plot_distillation', 'plot_counts',
-           'objectives_table', 'plot_objectives', 'gap_table', 'gap_report', 'plot_scatter', 'compare_runs',
-           'missing_report', 'split_sections', 'inline_svg', 'figure_html', 'markdown_html', 'answer_settings',
-           'answers_browser', 'config_rows', 'render_report', 'write_html', 'write_report', 'headline',
-           'refresh_demo_run']
+           'layer_table', 'baselines_table', 'distillation_table', 'count_stages', 'counts_table', 'plot_distillation',
+           'plot_counts', 'objectives_table', 'plot_objectives', 'gap_table', 'gap_report', 'plot_scatter',
+           'compare_runs', 'missing_report', 'split_sections', 'inline_svg', 'figure_html', 'markdown_html',
+           'answer_settings', 'answers_browser', 'config_rows', 'render_report', 'write_html', 'write_report',
+           'headline', 'refresh_demo_run']
 
 # %% ../nbs/15_analysis.ipynb #a5bd4cb0
 class RunView:
@@ -111,21 +111,27 @@ def distillation_table(run: RunView, # the run directory, read
     return pd.DataFrame(rows)
 
 # %% ../nbs/15_analysis.ipynb #8a3bbd0b
-def counts_table(run: RunView, # the run directory, read
-                 ) -> pd.DataFrame:
-    "The trajectory-count sweep: each count variant trained on the first n trajectories (a leading `variant` column when there are several)."
+def count_stages(run: RunView, # the run directory, read
+                ) -> list[tuple[str, dict]]:
+    "The finished trajectory-count runs as (variant, manifest entry), in `count_variant`'s order and then by n; a count equal to n_trajectories of a variant the study trains is that variant's own stage."
     d = DistillationConfig(**run.config["distillation"])
     variants, stages = count_variants(d), dict(run.done("counts/"))
-    for v in variants:  # the count equal to n_trajectories of a variant the study trains is that variant's own stage (not trained twice)
+    for v in variants:  # not trained twice: the same data, config and seed give the same student
         same = f"distilled/{v}"
         if d.n_trajectories in d.trajectory_counts and count_stage(d, v, d.n_trajectories) not in stages and run.manifest.get(same, {}).get("status") == "done":
             stages[same] = run.manifest[same]
-    rows = [dict(variant=(e.get("inputs") or {}).get("variant", variants[0]), **summary_row(e["summary"], n_trajectories=e["summary"]["n_trajectories"]),
-                 **{k: e["summary"].get(k) for k in DISTILL_COLS}) for k, e in stages.items()]
-    if not rows: return pd.DataFrame()
     order = {v: i for i, v in enumerate(variants)}
-    df = pd.DataFrame(rows).sort_values(["variant", "n_trajectories"], key=lambda c: c.map(order).fillna(len(order)) if c.name == "variant" else c)
-    return (df if len(variants) > 1 else df.drop(columns="variant")).reset_index(drop=True)
+    found = [((e.get("inputs") or {}).get("variant", variants[0]), e) for e in stages.values()]
+    return sorted(found, key=lambda x: (order.get(x[0], len(order)), x[1]["summary"]["n_trajectories"]))
+
+def counts_table(run: RunView, # the run directory, read
+                 ) -> pd.DataFrame:
+    "The trajectory-count sweep: each count variant trained on the first n trajectories (a leading `variant` column when there are several)."
+    rows = [dict(variant=v, **summary_row(e["summary"], n_trajectories=e["summary"]["n_trajectories"]), **{k: e["summary"].get(k) for k in DISTILL_COLS})
+            for v, e in count_stages(run)]
+    if not rows: return pd.DataFrame()
+    df = pd.DataFrame(rows)
+    return df if len(count_variants(DistillationConfig(**run.config["distillation"]))) > 1 else df.drop(columns="variant")
 
 # %% ../nbs/15_analysis.ipynb #aef24866
 def plot_distillation(df: pd.DataFrame, # from `distillation_table`

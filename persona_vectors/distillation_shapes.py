@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from .config import DistillationConfig, count_variants, parse_variant
+from .config import DistillationConfig, parse_variant
 from .pipeline import sweep_variants
-from .analysis import RunView
+from .analysis import RunView, count_stages
 
 # %% auto #0
 __all__ = ['SEED', 'GAP_GOAL', 'RANK_ORDER', 'gap_columns', 'flattens_at', 'offset_table', 'steering_offset', 'bias_against',
@@ -100,13 +100,8 @@ def budget_table(run: RunView, # a run with `distillation.budget_variants`
 def count_table(run: RunView, # a run with `distillation.trajectory_counts`
                ) -> pd.DataFrame:
     "Each count variant trained on the first n trajectories (at `count_steps`): both gaps against n, a curve per variant in `count_variant`'s order."
-    vs = count_variants(DistillationConfig(**run.config["distillation"]))
-    rows = [dict(variant=(e.get("inputs") or {}).get("variant", vs[0]), n_trajectories=e["summary"]["n_trajectories"], steps=e["summary"].get("steps"),
-                 train_tflops=(e["summary"].get("train_flops") or 0) / 1e12, **gap_columns(e["summary"]))
-            for e in run.done("counts/").values()]
-    if not rows: return pd.DataFrame()
-    order = {v: i for i, v in enumerate(vs)}
-    return pd.DataFrame(rows).sort_values(["variant", "n_trajectories"], key=lambda c: c.map(order).fillna(len(order)) if c.name == "variant" else c).reset_index(drop=True)
+    return pd.DataFrame([dict(variant=v, n_trajectories=e["summary"]["n_trajectories"], steps=e["summary"].get("steps"),
+                              train_tflops=(e["summary"].get("train_flops") or 0) / 1e12, **gap_columns(e["summary"])) for v, e in count_stages(run)])
 
 # %% ../nbs/17b_distillation_shapes.ipynb #f08ff20d
 RANK_ORDER = ("lora4", "lora8", "lora16", "lora32", "lora64", "full")

@@ -287,18 +287,25 @@ def heldout_separation(model, # the unsteered model
                       ) -> dict[int, float]:
     "AUROC per layer of held-out pos vs neg answers, read neutrally, on a vector from the other questions."
     from persona_vectors.extraction import extract
-    qs = list(dict.fromkeys(r["question"] for r in records))
-    k = max(1, min(len(qs) - 1, round(len(qs) * train_fraction)))
-    if len(qs) < 2: raise ValueError("held-out separation needs answers to at least 2 questions")
-    train = [r for r in records if r["question"] in set(qs[:k]) and r["response_ids"]]
-    held = [r for r in records if r["question"] not in set(qs[:k]) and r["response_ids"]]
+    first = _first_questions(records, train_fraction)
+    train = [r for r in records if r["question"] in first and r["response_ids"]]
+    held = [r for r in records if r["question"] not in first and r["response_ids"]]
     v = extract(model, train, batch_size=batch_size, progress=False)["response_avg"]
     seqs = []
     for r in held:
         p = chat_prompt_ids(tokenizer, r["question"], neutral_system); seqs.append((p + list(r["response_ids"]), len(p)))
     with torch.no_grad(), unadapted(model):
         means = activation_means(model, seqs, batch_size, pad_id=tokenizer.pad_token_id, progress=False)["response_avg"]
-    side = torch.tensor([r["side"] == "pos" for r in held])
+    return _layer_aurocs(v, means, torch.tensor([r["side"] == "pos" for r in held]))
+
+def _first_questions(records, train_fraction: float) -> set:
+    "The questions (in order of first appearance) a held-out check builds its vector from: `train_fraction` of them, at least one, never all."
+    qs = list(dict.fromkeys(r["question"] for r in records))
+    if len(qs) < 2: raise ValueError("held-out separation needs answers to at least 2 questions")
+    return set(qs[:max(1, min(len(qs) - 1, round(len(qs) * train_fraction)))])
+
+def _layer_aurocs(v: torch.Tensor, means: torch.Tensor, side: torch.Tensor) -> dict[int, float]:
+    "AUROC per layer of the answers' projections (means [N, L+1, hidden]) on v's unit direction, pos (side) against neg."
     out = {}
     for l in range(1, v.shape[0]):
         if v[l].norm() == 0: continue
@@ -321,11 +328,9 @@ def measure_vector(model, # the unsteered model the answers came from
     from persona_vectors.extraction import VARIANTS, persona_vector
     recs = [r for r in records if len(r["response_ids"])]
     if not recs: raise ValueError("no contrastive answers with response tokens: the filtered set is empty")
-    qs = list(dict.fromkeys(r["question"] for r in recs))
-    if len(qs) < 2: raise ValueError("held-out separation needs answers to at least 2 questions")
-    k = max(1, min(len(qs) - 1, round(len(qs) * train_fraction)))
+    first = _first_questions(recs, train_fraction)
     side = torch.tensor([r["side"] == "pos" for r in recs])
-    train = torch.tensor([r["question"] in set(qs[:k]) for r in recs])
+    train = torch.tensor([r["question"] in first for r in recs])
     written = activation_means(model, [(r["prompt_ids"] + r["response_ids"], len(r["prompt_ids"])) for r in recs],
                                batch_size=batch_size, progress=progress)  # as `extract` reads them
     vectors = {v: persona_vector(written[v][side], written[v][~side]) for v in VARIANTS}
@@ -333,11 +338,7 @@ def measure_vector(model, # the unsteered model the answers came from
     seqs = [(p + list(r["response_ids"]), len(p)) for r in recs for p in [chat_prompt_ids(tokenizer, r["question"], neutral_system)]]
     with torch.no_grad(), unadapted(model):
         neutral = activation_means(model, seqs, batch_size, pad_id=tokenizer.pad_token_id, progress=progress)["response_avg"]
-    held, sep = ~train, {}
-    for l in range(1, half.shape[0]):
-        if half[l].norm() == 0: continue
-        pr = neutral[held][:, l].double() @ (half[l].double() / half[l].double().norm())
-        sep[l] = auroc(pr[side[held]].tolist(), pr[~side[held]].tolist())
+    sep = _layer_aurocs(half, neutral[~train], side[~train])
     mon = Monitor(model, tokenizer, vectors[variant], monitor_layer or max(sep, key=sep.get), neutral_system, batch_size)
     proj = neutral[:, mon.layer].double() @ mon.unit.double()
     mon.calibrate_projections(proj[side].tolist(), proj[~side].tolist())
